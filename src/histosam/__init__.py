@@ -1,0 +1,37 @@
+"""histosam: Segment Anything for histopathology.
+
+Public API (lazy imports keep ``import histosam`` light):
+
+- :func:`histosam.load_model` - build a model from a registry name or a checkpoint path.
+- :class:`histosam.Predictor` - interactive (prompt-based) segmentation.
+- :func:`histosam.segment` - automatic instance segmentation of an image of any size.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": ("histosam.registry.loader", "load_model"),
+    "Predictor": ("histosam.inference.predictor", "Predictor"),
+    "segment": ("histosam.segment", "segment"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from histosam.inference.predictor import Predictor
+    from histosam.registry.loader import load_model
+    from histosam.segment import segment
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'histosam' has no attribute {name!r}")
+
+
+__all__ = ["Predictor", "load_model", "segment", "__version__"]
