@@ -1,0 +1,293 @@
+"""Whole-slide reading: pyramid levels, microns per pixel, regions at a target resolution.
+
+Frames: *level-0 pixels* ``(x, y)`` are the slide's full-resolution frame (OpenSlide convention);
+a *level* ``k`` pixel covers ``downsample[k]`` level-0 pixels. Arrays returned are
+``H x W x 3 uint8 RGB`` (row, col); transparent pixels are composited on white.
+
+Backends, tried in order: OpenSlide (openslide-python + openslide-bin wheel), tiffslide (SVS, OME-TIFF
+pyramids, generic tiled TIFF), tifffile (any TIFF tifffile can read, levels = pages/series levels).
+OME-TIFF goes to tiffslide first, because OpenSlide shows only its first level.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from histosam.errors import SlideError
+
+#: assumed level-0 resolution when the slide stores none and the user passes no ``mpp`` (40x scan)
+DEFAULT_MPP = 0.25
+
+
+class MissingMppWarning(UserWarning):
+    """The slide stores no microns per pixel; :data:`DEFAULT_MPP` is assumed."""
+
+
+def _to_rgb(arr: np.ndarray) -> np.ndarray:
+    """RGB(A)/gray array -> ``H x W x 3 uint8``, alpha composited on white."""
+    arr = np.asarray(arr)
+    if arr.dtype != np.uint8:
+        if arr.dtype == np.uint16:
+            arr = (arr >> 8).astype(np.uint8)
+        else:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        return np.repeat(arr, 3, axis=-1)
+    if arr.shape[-1] == 4:
+        a = arr[..., 3:4].astype(np.uint16)
+        rgb = (arr[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+        return rgb.astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def _mpp_from_tiff_tags(path: Path) -> float | None:
+    """mpp from the first page's resolution tags or OME-XML ``PhysicalSizeX`` (µm); ``None`` if absent."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if tif.is_ome and tif.ome_metadata:
+                m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+                u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+                if m and (u is None or u.group(1) in ("µm", "um", "\u00b5m", "micron")):
+                    return float(m.group(1))
+            desc = page.description or ""
+            m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)  # Aperio ImageDescription
+            if m:
+                return float(m.group(1))
+            tags = page.tags
+            if "XResolution" not in tags or "ResolutionUnit" not in tags:
+                return None
+            unit = int(tags["ResolutionUnit"].value)
+            num, den = tags["XResolution"].value
+            ppu = num / den if den else 0.0
+            if ppu <= 0 or unit not in (2, 3):
+                return None
+            return (25400.0 if unit == 2 else 10000.0) / ppu
+    except Exception:  # noqa: BLE001 - not a TIFF or unreadable tags: simply no mpp
+        return None
+
+
+class SlideReader:
+    """A whole-slide image opened read-only.
+
+    Attributes:
+        path: the slide file.
+        backend: ``"openslide"``, ``"tiffslide"`` or ``"tifffile"``.
+        level_dimensions: ``[(width, height), ...]`` per level, level 0 first.
+        level_downsamples: level-0 pixels per level pixel, per level.
+        mpp: level-0 microns per pixel (user override, metadata, or :data:`DEFAULT_MPP`).
+        mpp_source: ``"user"``, ``"metadata"`` or ``"default"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, mpp: float | None = None, backend: str = "auto") -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideError(f"slide not found: {self.path}")
+        if not self.path.is_file():
+            raise SlideError(f"not a file: {self.path}")
+        order = ["openslide", "tiffslide", "tifffile"] if backend == "auto" else [backend]
+        name = self.path.name.lower()
+        if backend == "auto" and (name.endswith(".ome.tif") or name.endswith(".ome.tiff")):
+            order = ["tiffslide", "openslide", "tifffile"]
+        errors = []
+        for b in order:
+            try:
+                getattr(self, f"_open_{b}")()
+                self.backend = b
+                break
+            except Exception as exc:  # noqa: BLE001 - try the next backend, report all at the end
+                errors.append(f"{b}: {type(exc).__name__}: {exc}")
+        else:
+            raise SlideError(f"cannot open slide {self.path} ({'; '.join(errors)})")
+        if mpp is not None:
+            if not mpp > 0:
+                raise SlideError(f"mpp must be > 0, got {mpp}")
+            self.mpp, self.mpp_source = float(mpp), "user"
+        else:
+            meta = self._metadata_mpp()
+            if meta is not None and meta > 0:
+                self.mpp, self.mpp_source = float(meta), "metadata"
+            else:
+                self.mpp, self.mpp_source = DEFAULT_MPP, "default"
+                warnings.warn(
+                    f"{self.path.name}: no microns-per-pixel in the slide metadata; assuming "
+                    f"{DEFAULT_MPP} µm/px (40x). Pass mpp=... (CLI: --mpp) if that is wrong.",
+                    MissingMppWarning,
+                    stacklevel=2,
+                )
+
+    # ---------------------------------------------------------------- backends
+    def _open_openslide(self) -> None:
+        import openslide
+
+        s = openslide.OpenSlide(str(self.path))
+        self._h = s
+        self.level_dimensions = [tuple(map(int, d)) for d in s.level_dimensions]
+        self.level_downsamples = [float(d) for d in s.level_downsamples]
+        self.properties = dict(s.properties)
+
+    def _open_tiffslide(self) -> None:
+        import tiffslide
+
+        s = tiffslide.TiffSlide(str(self.path))
+        self._h = s
+        self.level_dimensions = [tuple(map(int, d)) for d in s.level_dimensions]
+        self.level_downsamples = [float(d) for d in s.level_downsamples]
+        self.properties = dict(s.properties)
+
+    def _open_tifffile(self) -> None:
+        import tifffile
+        import zarr
+
+        tif = tifffile.TiffFile(self.path)
+        series = tif.series[0]
+        levels = list(series.levels) if series.levels else [series]
+        self._tif = tif
+        self._arrays = [zarr.open_array(series.aszarr(level=k), mode="r") for k in range(len(levels))]
+        self._axes = [lv.axes for lv in levels]
+        dims = []
+        for lv in levels:
+            shape = dict(zip(lv.axes, lv.shape))
+            dims.append((int(shape["X"]), int(shape["Y"])))
+        self.level_dimensions = dims
+        self.level_downsamples = [dims[0][0] / d[0] for d in dims]
+        self.properties = {}
+        self._h = None
+
+    def _metadata_mpp(self) -> float | None:
+        for key in ("openslide.mpp-x", "tiffslide.mpp-x"):
+            v = self.properties.get(key)
+            if v not in (None, ""):
+                try:
+                    return float(v)
+                except ValueError:
+                    pass
+        return _mpp_from_tiff_tags(self.path)
+
+    # ---------------------------------------------------------------- reading
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)``."""
+        return self.level_dimensions[0]
+
+    def read_region(self, x: int, y: int, w: int, h: int, level: int = 0) -> np.ndarray:
+        """Read ``w x h`` level pixels whose top-left corner is level-0 pixel ``(x, y)``.
+
+        Returns ``h x w x 3 uint8`` RGB; parts outside the slide are white.
+        """
+        if not 0 <= level < self.level_count:
+            raise SlideError(f"level {level} out of range (slide has {self.level_count})")
+        if w <= 0 or h <= 0:
+            raise SlideError(f"empty region {w}x{h}")
+        if self.backend == "tifffile":
+            return self._read_tifffile(x, y, w, h, level)
+        img = self._h.read_region((int(x), int(y)), level, (int(w), int(h)))
+        return _to_rgb(np.asarray(img))
+
+    def _read_tifffile(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
+        lw, lh = self.level_dimensions[level]
+        out = np.full((h, w, 3), 255, np.uint8)
+        xa, ya, xb, yb = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if xa >= xb or ya >= yb:
+            return out
+        arr, axes = self._arrays[level], self._axes[level]
+        index = tuple(
+            slice(ya, yb) if a == "Y" else slice(xa, xb) if a == "X" else slice(None) if a == "S" else 0
+            for a in axes
+        )
+        block = np.asarray(arr[index])
+        out[ya - ly : yb - ly, xa - lx : xb - lx] = _to_rgb(block)
+        return out
+
+    def best_level(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed ``downsample`` (1 % tolerance)."""
+        best = 0
+        for k, d in enumerate(self.level_downsamples):
+            if d <= downsample * 1.01 and d >= self.level_downsamples[best]:
+                best = k
+        return best
+
+    def read_at_mpp(self, x: float, y: float, w: int, h: int, target_mpp: float) -> np.ndarray:
+        """Read a region in the *working frame* at ``target_mpp`` µm/px.
+
+        Working pixel ``(x, y)`` corresponds to level-0 pixel ``(x * s, y * s)`` with
+        ``s = target_mpp / self.mpp``. Returns ``h x w x 3 uint8``; outside the slide is white.
+        The best pyramid level (coarsest not coarser than the target) is read and resampled with
+        area averaging (downscale) or bilinear interpolation (upscale).
+        """
+        s = target_mpp / self.mpp
+        if abs(s - 1.0) < 1e-6:
+            return self.read_region(int(round(x)), int(round(y)), w, h, 0)
+        level = self.best_level(s)
+        ds = self.level_downsamples[level]
+        x0, y0 = x * s, y * s  # level-0 box
+        lx0, ly0 = int(np.floor(x0 / ds)), int(np.floor(y0 / ds))
+        lx1, ly1 = int(np.ceil((x0 + w * s) / ds)) + 1, int(np.ceil((y0 + h * s) / ds)) + 1
+        src = self.read_region(int(round(lx0 * ds)), int(round(ly0 * ds)), lx1 - lx0, ly1 - ly0, level)
+        if abs(s / ds - 1.0) < 1e-6 and lx0 * ds == x0 and ly0 * ds == y0:
+            return np.ascontiguousarray(src[:h, :w])
+        return _resample(src, (x0 / ds - lx0, y0 / ds - ly0), s / ds, w, h)
+
+    def thumbnail(self, target_mpp: float) -> np.ndarray:
+        """The whole slide at ``target_mpp`` µm/px (``H x W x 3 uint8``), for tissue detection."""
+        s = target_mpp / self.mpp
+        w0, h0 = self.dimensions
+        return self.read_at_mpp(0, 0, max(1, int(round(w0 / s))), max(1, int(round(h0 / s))), target_mpp)
+
+    def close(self) -> None:
+        if self._h is not None:
+            self._h.close()
+        if getattr(self, "_tif", None) is not None:
+            self._tif.close()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"SlideReader({self.path.name!r}, backend={self.backend}, levels={self.level_dimensions}, "
+            f"mpp={self.mpp:g} ({self.mpp_source}))"
+        )
+
+
+def _resample(src: np.ndarray, offset: tuple[float, float], scale: float, w: int, h: int) -> np.ndarray:
+    """Sample ``h x w`` output pixels; output pixel ``(i, j)`` covers source box starting at
+    ``offset + (j, i) * scale`` of side ``scale`` (source pixel units). Area mean when
+    ``scale > 1``, bilinear at pixel centres otherwise."""
+    from scipy import ndimage
+
+    srcf = src.astype(np.float32)
+    if scale > 1.0:
+        k = int(np.ceil(scale))
+        # box-average with an integer kernel then sample at box centres (good enough, fast)
+        srcf = ndimage.uniform_filter(srcf, size=(k, k, 1), mode="nearest")
+    cy = offset[1] + (np.arange(h) + 0.5) * scale - 0.5
+    cx = offset[0] + (np.arange(w) + 0.5) * scale - 0.5
+    out = np.empty((h, w, 3), np.float32)
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    for c in range(3):
+        out[..., c] = ndimage.map_coordinates(srcf[..., c], [yy, xx], order=1, mode="nearest")
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str = "auto") -> SlideReader:
+    """Open a slide (see :class:`SlideReader`); raises :class:`~histosam.errors.SlideError`."""
+    return SlideReader(path, mpp=mpp, backend=backend)
