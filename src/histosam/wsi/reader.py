@@ -192,12 +192,7 @@ class SlideReader:
             raise SlideError(f"level {level} out of range (slide has {self.level_count})")
         if w <= 0 or h <= 0:
             raise SlideError(f"empty region {w}x{h}")
-        if self.backend == "tifffile":
-            return self._read_tifffile(x, y, w, h, level)
-        img = self._h.read_region((int(x), int(y)), level, (int(w), int(h)))
-        return _to_rgb(np.asarray(img))
-
-    def _read_tifffile(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
+        # clip to the level so that no backend returns tile padding beyond the image edge
         ds = self.level_downsamples[level]
         lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
         lw, lh = self.level_dimensions[level]
@@ -205,14 +200,22 @@ class SlideReader:
         xa, ya, xb, yb = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
         if xa >= xb or ya >= yb:
             return out
+        if self.backend == "tifffile":
+            block = self._read_tifffile(xa, ya, xb, yb, level)
+        else:
+            x0 = int(x) if xa == lx else int(round(xa * ds))
+            y0 = int(y) if ya == ly else int(round(ya * ds))
+            block = _to_rgb(np.asarray(self._h.read_region((x0, y0), level, (xb - xa, yb - ya))))
+        out[ya - ly : yb - ly, xa - lx : xb - lx] = block
+        return out
+
+    def _read_tifffile(self, xa: int, ya: int, xb: int, yb: int, level: int) -> np.ndarray:
         arr, axes = self._arrays[level], self._axes[level]
         index = tuple(
             slice(ya, yb) if a == "Y" else slice(xa, xb) if a == "X" else slice(None) if a == "S" else 0
             for a in axes
         )
-        block = np.asarray(arr[index])
-        out[ya - ly : yb - ly, xa - lx : xb - lx] = _to_rgb(block)
-        return out
+        return _to_rgb(np.asarray(arr[index]))
 
     def best_level(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed ``downsample`` (1 % tolerance)."""
