@@ -1,0 +1,110 @@
+"""Tissue detection on a low-resolution thumbnail (default 8 µm/px).
+
+Pipeline on the ``H x W x 3 uint8`` thumbnail:
+1. *stain*: HSV saturation above Otsu's threshold (floored at ``min_saturation`` so that an empty
+   glass slide stays empty) and optical density above ``min_od`` (not white glass);
+2. *pen marks*: pixels with a blue/green hue (60°-260°, i.e. not the pink/purple of H&E) and
+   black pixels (max channel < ``black_level``) are removed;
+3. *morphology*: binary closing (``close_um``), small objects (< ``min_area_um2``) removed, holes
+   smaller than ``max_hole_um2`` filled.
+
+The mask is ``bool H x W`` with pixel ``(i, j)`` covering level-0 box ``[j*s, (j+1)*s) x
+[i*s, (i+1)*s)``, ``s = mask_mpp / slide_mpp``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage import color, filters, morphology
+
+from histosam.wsi.reader import SlideReader
+
+
+@dataclass
+class TissueMask:
+    """A tissue mask with its resolution: ``mask`` bool ``H x W`` at ``mpp`` µm/px."""
+
+    mask: np.ndarray
+    mpp: float
+
+    @property
+    def area_mm2(self) -> float:
+        return float(self.mask.sum()) * (self.mpp * 1e-3) ** 2
+
+    def fraction(self, x: float, y: float, w: float, h: float, frame_mpp: float) -> float:
+        """Tissue fraction of the box ``(x, y, w, h)`` given in a frame of ``frame_mpp`` µm/px."""
+        r = frame_mpp / self.mpp
+        j0, i0 = int(np.floor(x * r)), int(np.floor(y * r))
+        j1, i1 = int(np.ceil((x + w) * r)), int(np.ceil((y + h) * r))
+        H, W = self.mask.shape
+        j0, i0, j1, i1 = max(j0, 0), max(i0, 0), min(j1, W), min(i1, H)
+        if j0 >= j1 or i0 >= i1:
+            return 0.0
+        return float(self.mask[i0:i1, j0:j1].mean())
+
+    def save_png(self, path: str | os.PathLike) -> Path:
+        """Write the mask as an 8-bit PNG (0 / 255), atomically."""
+        from PIL import Image
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return path
+
+
+def detect_tissue_rgb(
+    thumb: np.ndarray,
+    mpp: float,
+    min_saturation: float = 0.07,
+    min_od: float = 0.05,
+    black_level: int = 60,
+    close_um: float = 24.0,
+    min_area_um2: float = 20000.0,
+    max_hole_um2: float = 40000.0,
+) -> np.ndarray:
+    """Tissue mask of an RGB thumbnail (``H x W x 3 uint8`` at ``mpp`` µm/px) -> bool ``H x W``."""
+    rgb = np.asarray(thumb)[..., :3]
+    hsv = color.rgb2hsv(rgb)
+    hue, sat = hsv[..., 0] * 360.0, hsv[..., 1]
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0).mean(axis=-1)
+    pen = ((hue > 60) & (hue < 260) & (sat > 0.15)) | (rgb.max(axis=-1) < black_level)
+    cand = sat[~pen & (od > min_od)]
+    thr = min_saturation
+    if cand.size > 16 and np.ptp(cand) > 1e-3:
+        thr = max(thr, float(filters.threshold_otsu(sat[~pen])))
+    mask = (sat > thr) & (od > min_od) & ~pen
+    px_area = mpp * mpp
+    r = max(1, int(round(close_um / mpp / 2)))
+    padded = np.pad(mask, r, mode="edge")
+    mask = ndimage.binary_closing(padded, morphology.disk(r))[r:-r, r:-r]
+    mask &= ~pen
+    mask = morphology.remove_small_objects(mask, max_size=max(1, int(min_area_um2 / px_area)))
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    small_holes = morphology.remove_small_objects(holes, max_size=max(1, int(max_hole_um2 / px_area)))
+    return mask | (holes & ~small_holes)
+
+
+def detect_tissue(slide: SlideReader, mpp: float = 8.0, **params) -> TissueMask:
+    """Tissue mask of a slide from its thumbnail at ``mpp`` µm/px (clamped to the slide's own
+    resolution); ``params`` go to :func:`detect_tissue_rgb`."""
+    mpp = max(mpp, slide.mpp)
+    thumb = slide.thumbnail(mpp)
+    return TissueMask(detect_tissue_rgb(thumb, mpp, **params), mpp)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks; ``b`` is resized (nearest) to ``a``'s shape."""
+    a = np.asarray(a, bool)
+    b = np.asarray(b, bool)
+    if b.shape != a.shape:
+        ri = (np.arange(a.shape[0]) + 0.5) * b.shape[0] / a.shape[0]
+        ci = (np.arange(a.shape[1]) + 0.5) * b.shape[1] / a.shape[1]
+        b = b[np.minimum(ri.astype(int), b.shape[0] - 1)][:, np.minimum(ci.astype(int), b.shape[1] - 1)]
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
