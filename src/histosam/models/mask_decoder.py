@@ -1,0 +1,70 @@
+"""SAM's mask decoder: image embedding + prompt tokens → mask logits (4× the embedding size) and IoU scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from histosam.models.common import MLP, LayerNorm2d
+from histosam.models.transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    """Predicts ``num_multimask_outputs + 1`` masks per prompt; parameter names as in Meta's checkpoints."""
+
+    def __init__(self, transformer_dim: int = 256, transformer: nn.Module | None = None,
+                 num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer if transformer is not None else TwoWayTransformer(embedding_dim=transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode masks.
+
+        Args:
+            image_embeddings: ``1×C×h×w`` (broadcast to every prompt) or ``B×C×h×w`` (one per prompt).
+            image_pe: ``1×C×h×w``.
+            sparse_prompt_embeddings: ``B×K×C``; dense_prompt_embeddings: ``B×C×h×w``.
+            multimask_output: return the 3 multimask outputs (indices 1..3) instead of the single one (index 0).
+        Returns:
+            logits ``B×M×4h×4w`` and IoU predictions ``B×M`` (M = 3 or 1).
+        """
+        masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, sl], iou[:, sl]
+
+    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                      dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``num_mask_tokens`` masks and IoU predictions (see :meth:`forward`)."""
+        b = sparse.shape[0]
+        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1)
+        src = image_embeddings if image_embeddings.shape[0] == b else image_embeddings.expand(b, -1, -1, -1)
+        src = src + dense
+        pos = image_pe.expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, pos, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1: 1 + self.num_mask_tokens, :]
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        bu, cu, hu, wu = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(bu, cu, hu * wu)).reshape(b, -1, hu, wu)
+        return masks, self.iou_prediction_head(iou_token_out)

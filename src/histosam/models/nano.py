@@ -1,0 +1,104 @@
+"""histosam-nano: a compact convolutional encoder and instance decoder for CPU-friendly inference.
+
+The encoder maps a normalised ``B×3×S×S`` frame (any S divisible by 16; 512 for the shipped model, at the
+native ~0.25 µm/px of 40× scans) to SAM's ``B×256×S/8×S/8`` embedding consumed by the standard prompt encoder
+and mask decoder, plus high-resolution skips (strides 2 and 4) for the instance decoder. The instance decoder
+returns ``B×3×S×S`` sigmoid maps (foreground, centre distance, boundary distance) like micro-sam's UNETR.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from histosam.models.common import LayerNorm2d
+
+
+def conv_bn(in_ch: int, out_ch: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(out_ch)]
+    if act:
+        layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """``x + project(dw3×3(expand(x)))`` (MobileNetV2-style, dilation for context)."""
+
+    def __init__(self, channels: int, expansion: int = 2, dilation: int = 1) -> None:
+        super().__init__()
+        hidden = channels * expansion
+        self.expand = conv_bn(channels, hidden, 1)
+        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, dilation, dilation=dilation, groups=hidden,
+                                          bias=False), nn.BatchNorm2d(hidden), nn.GELU())
+        self.project = conv_bn(hidden, channels, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.dw(self.expand(x)))
+
+
+class NanoEncoder(nn.Module):
+    """Convolutional encoder: frame ``B×3×S×S`` → embedding ``B×256×S/8×S/8`` and skips at S/2 and S/4."""
+
+    def __init__(self, widths: tuple[int, int, int, int] = (24, 48, 96, 160), depths: tuple[int, int, int] = (1, 3, 3),
+                 out_chans: int = 256) -> None:
+        super().__init__()
+        self.widths = widths
+        c2, c4, c8, c16 = widths
+        self.stem = nn.Sequential(conv_bn(3, c2, 3, 2), conv_bn(c2, c2, 3, 1, groups=c2), conv_bn(c2, c2, 1))
+        self.down4 = conv_bn(c2, c4, 3, 2)
+        self.stage4 = nn.Sequential(*[InvertedResidual(c4, 2) for _ in range(depths[0])])
+        self.down8 = conv_bn(c4, c8, 3, 2)
+        self.stage8 = nn.Sequential(*[InvertedResidual(c8, 2, d) for d in (1, 2, 1)[: depths[1]]])
+        self.down16 = conv_bn(c8, c16, 3, 2)
+        self.stage16 = nn.Sequential(*[InvertedResidual(c16, 3, d) for d in (1, 2, 4)[: depths[2]]])
+        self.neck = nn.Sequential(nn.Conv2d(c8 + c16, out_chans, 1, bias=False), LayerNorm2d(out_chans),
+                                  nn.Conv2d(out_chans, out_chans, 3, padding=1, groups=out_chans // 8, bias=False),
+                                  LayerNorm2d(out_chans))
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(embedding B×256×S/8×S/8, [skip S/2 (widths[0] ch), skip S/4 (widths[1] ch)])``."""
+        s2 = self.stem(x)
+        s4 = self.stage4(self.down4(s2))
+        s8 = self.stage8(self.down8(s4))
+        s16 = self.stage16(self.down16(s8))
+        up = F.interpolate(s16, size=s8.shape[-2:], mode="bilinear", align_corners=False)
+        return self.neck(torch.cat([s8, up], dim=1)), [s2, s4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+class NanoInstanceDecoder(nn.Module):
+    """Embedding + skips → ``B×3×S×S`` sigmoid maps (fg, centre distance, boundary distance)."""
+
+    def __init__(self, embed_dim: int = 256, widths: tuple[int, int] = (24, 48), hidden: tuple[int, int, int] = (64, 40, 24),
+                 out_channels: int = 3) -> None:
+        super().__init__()
+        h8, h4, h2 = hidden
+        self.reduce = conv_bn(embed_dim, h8, 1)
+        self.block8 = InvertedResidual(h8, 2)
+        self.fuse4 = conv_bn(h8 + widths[1], h4, 1)
+        self.block4 = InvertedResidual(h4, 2)
+        self.fuse2 = conv_bn(h4 + widths[0], h2, 1)
+        self.block2 = InvertedResidual(h2, 2)
+        self.fuse1 = conv_bn(h2 + 3, 16, 1)
+        self.refine1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.GELU())
+        self.out_conv = nn.Conv2d(16, out_channels, 1)
+
+    def forward(self, embedding: torch.Tensor, skips: list[torch.Tensor], image: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        s2, s4 = skips
+        x = self.block8(self.reduce(embedding))
+        x = F.interpolate(x, size=s4.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.block4(self.fuse4(torch.cat([x, s4], dim=1)))
+        x = F.interpolate(x, size=s2.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.block2(self.fuse2(torch.cat([x, s2], dim=1)))
+        full = (2 * s2.shape[-2], 2 * s2.shape[-1])
+        x = F.interpolate(x, size=full, mode="bilinear", align_corners=False)
+        if image is None:
+            image = torch.zeros(x.shape[0], 3, *full, dtype=x.dtype, device=x.device)
+        x = self.fuse1(torch.cat([x, image.to(x.dtype)], dim=1))
+        x = x + self.refine1(x)
+        return torch.sigmoid(self.out_conv(x))

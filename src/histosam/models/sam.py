@@ -1,0 +1,134 @@
+"""``SegmentAnything``: image encoder + prompt encoder + mask decoder (+ optional instance decoder).
+
+Stateless: it knows nothing of files, tiles or prompts in image coordinates. All coordinates here are in the
+model's **input frame**: the image after resizing (``resize_longest_side``) or at native resolution, padded at
+the bottom/right to ``image_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model (saved with histosam checkpoints).
+
+    Attributes:
+        architecture: builder name in :mod:`histosam.models.build` (``vit_b``, ``vit_l``, ``vit_h``, ``vit_t``,
+            ``nano``, ``tiny``).
+        name: registry name or file stem, for provenance.
+        image_size: side of the square input frame (1024 for SAM, 512 for nano).
+        resize_longest_side: SAM's preprocessing (resize so the longest side equals ``image_size``); ``False``
+            for models that work at a fixed native resolution and tile larger images instead.
+        instance_decoder: ``None``, ``"unetr"`` (ConvTranspose, released micro-sam decoders), ``"unetr_interp"``
+            (torch-em ≥ 0.7.10 bilinear variant) or ``"nano"``.
+        mpp: working resolution in µm/px if the model was trained at one (nano: 0.25), else ``None``.
+        postprocess: AIS post-processing parameters that travel with the model.
+        overrides: keyword overrides passed to the builder (small test models).
+    """
+
+    architecture: str
+    name: str = ""
+    image_size: int = 1024
+    resize_longest_side: bool = True
+    instance_decoder: str | None = None
+    mpp: float | None = None
+    postprocess: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class SegmentAnything(nn.Module):
+    """SAM-family model. See :class:`ModelConfig` for the frame conventions."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
+                 instance_decoder: nn.Module | None = None, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.instance_decoder = instance_decoder
+        self.config = config or ModelConfig(architecture="custom")
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def embedding_stride(self) -> int:
+        """Input-frame pixels per embedding cell (16 for the ViTs, 8 for nano)."""
+        return self.image_size // self.prompt_encoder.image_embedding_size[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, x: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+        """Normalise ``B×3×h×w`` float RGB in 0–255 and zero-pad bottom/right to ``pad_to`` (default
+        ``image_size``); padding happens after normalisation, so padded pixels are 0 (as SAM)."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        side = pad_to or self.image_size
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, side - w, 0, side - h))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Preprocessed frame ``B×3×S×S`` → (embedding ``B×256×S/s×S/s``, skips for the instance decoder)."""
+        return self.image_encoder.forward_features(x)
+
+    def decode_masks(self, embedding: torch.Tensor, point_coords: torch.Tensor | None = None,
+                     point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                     mask_input: torch.Tensor | None = None,
+                     multimask: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompted masks.
+
+        Args:
+            embedding: ``1×256×h×w`` (shared by all prompts) or ``B×256×h×w``.
+            point_coords: ``B×N×2`` float (x, y) in the input frame; point_labels: ``B×N`` (1 fg, 0 bg, −1 pad).
+            boxes: ``B×4`` ``[x0, y0, x1, y1]`` in the input frame.
+            mask_input: ``B×1×4h×4w`` low-resolution logits.
+            multimask: three outputs instead of one.
+        Returns:
+            low-resolution logits ``B×M×4h×4w`` and predicted IoU ``B×M`` (M = 3 or 1).
+        """
+        points = (point_coords, point_labels) if point_coords is not None else None
+        size = tuple(embedding.shape[-2:])
+        sparse, dense = self.prompt_encoder(points, boxes, mask_input, embedding_size=size)
+        if sparse.shape[0] != dense.shape[0]:
+            dense = dense.expand(sparse.shape[0], -1, -1, -1)
+        return self.mask_decoder(embedding, self.prompt_encoder.get_dense_pe(size).to(embedding.dtype),
+                                 sparse.to(embedding.dtype), dense.to(embedding.dtype), multimask)
+
+    def decode_instances(self, embedding: torch.Tensor, skips: list[torch.Tensor],
+                         frame: torch.Tensor | None = None) -> torch.Tensor:
+        """AIS maps ``B×3×S×S`` (sigmoid; fg, centre distance, boundary distance) in the padded input frame.
+
+        ``frame`` is the preprocessed input (used by decoders with a full-resolution image skip)."""
+        if self.instance_decoder is None:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(
+                f"model {self.config.name or self.config.architecture!r} has no instance decoder: automatic "
+                "instance segmentation (AIS) needs a checkpoint with a decoder (e.g. a PathoSAM/micro-sam file "
+                "with 'decoder_state'); use mode='amg' instead"
+            )
+        if self.config.instance_decoder == "nano":
+            return self.instance_decoder(embedding, skips, frame)
+        return self.instance_decoder(embedding)
