@@ -73,8 +73,8 @@ class NanoEncoder(nn.Module):
 class NanoInstanceDecoder(nn.Module):
     """Embedding + skips → ``B×3×S×S`` sigmoid maps (fg, centre distance, boundary distance)."""
 
-    def __init__(self, embed_dim: int = 256, widths: tuple[int, int] = (24, 48), hidden: tuple[int, int, int] = (64, 40, 24),
-                 out_channels: int = 3) -> None:
+    def __init__(self, embed_dim: int = 256, widths: tuple[int, int] = (24, 48),
+                 hidden: tuple[int, int, int] = (64, 40, 24), out_channels: int = 3) -> None:
         super().__init__()
         h8, h4, h2 = hidden
         self.reduce = conv_bn(embed_dim, h8, 1)
