@@ -1,0 +1,182 @@
+"""Model side of the server: which model, which cached image embedding, one inference at a time.
+
+:class:`ModelBackend` is the small interface the HTTP layer needs; :class:`HistosamBackend`
+implements it with :func:`histosam.load_model`, :class:`histosam.Predictor` and
+:func:`histosam.segment`. One process serves every client:
+
+- models are loaded on first use (nothing at start-up) and kept in an LRU of ``max_models``;
+- one LRU of ``cache_size`` Predictors that already hold an image embedding, keyed by
+  ``(weights url, hash of the decoded pixels)`` and shared by all requests and clients, so a second
+  prompt on the same viewport (any PNG encoding of it) skips the encoder;
+- all model work runs under one lock; decoding, hashing and polygon tracing run outside it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from histosam.server.imaging import DecodedImage
+from histosam.server.weights import WeightEntry
+
+
+@dataclass
+class PromptResult:
+    """``masks``: bool ``C×H×W`` (C = 3 with multimask, else 1); ``scores``: float32 ``(C,)``, paired."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class AutoResult:
+    """``labels``: uint32 ``H×W`` (0 background); ``scores``: id → quality, when the mode has one."""
+
+    labels: np.ndarray
+    mode: str
+    scores: dict[int, float] = field(default_factory=dict)
+
+
+class ModelBackend(Protocol):
+    """What the HTTP layer calls. Implementations must be thread-safe."""
+
+    def predict(
+        self,
+        entry: WeightEntry,
+        image: DecodedImage,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        multimask: bool,
+    ) -> PromptResult:
+        """Prompted masks for one object; ``points`` ``(N,2)`` float (x, y), ``labels`` ``(N,)``,
+        ``box`` ``(4,)`` ``[x0, y0, x1, y1]``, all in pixels of ``image``."""
+        ...
+
+    def automask(self, entry: WeightEntry, image: DecodedImage, amg_params: dict[str, Any]) -> AutoResult:
+        """Automatic instance segmentation of the whole image."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/sam/health/`` (cache hits/misses, loaded models)."""
+        ...
+
+
+def _call_with_supported(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with only the keyword arguments its signature accepts (all if it takes ``**kw``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return fn(*args, **kwargs)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(*args, **kwargs)
+
+
+class HistosamBackend:
+    """Real backend over histosam models; see the module docstring for caching and locking."""
+
+    def __init__(self, device: str | None = None, cache_size: int = 8, max_models: int = 2) -> None:
+        self.device = device
+        self.cache_size = max(1, int(cache_size))
+        self.max_models = max(1, int(max_models))
+        self.lock = threading.Lock()
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._predictors: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._auto: OrderedDict[tuple, AutoResult] = OrderedDict()
+        self._counts = {"embedding_hits": 0, "embedding_misses": 0, "automask_hits": 0, "automask_runs": 0}
+
+    # -- caches (call with self.lock held) -------------------------------------------------------
+    def _model(self, entry: WeightEntry) -> Any:
+        model = self._models.get(entry.url)
+        if model is not None:
+            self._models.move_to_end(entry.url)
+            return model
+        if entry.factory is not None:
+            model = entry.factory()
+        else:
+            import histosam
+
+            model = histosam.load_model(entry.source or entry.url, device=self.device)
+        model.eval()
+        self._models[entry.url] = model
+        while len(self._models) > self.max_models:
+            old, _ = self._models.popitem(last=False)
+            for k in [k for k in self._predictors if k[0] == old]:
+                del self._predictors[k]
+        return model
+
+    def _predictor(self, entry: WeightEntry, image: DecodedImage) -> Any:
+        key = (entry.url, image.key)
+        pred = self._predictors.get(key)
+        if pred is not None:
+            self._predictors.move_to_end(key)
+            self._counts["embedding_hits"] += 1
+            return pred
+        import histosam
+
+        self._counts["embedding_misses"] += 1
+        pred = histosam.Predictor(self._model(entry), device=self.device)
+        pred.set_image(image.pixels)
+        self._predictors[key] = pred
+        while len(self._predictors) > self.cache_size:
+            self._predictors.popitem(last=False)
+        return pred
+
+    # -- ModelBackend ----------------------------------------------------------------------------
+    def predict(
+        self,
+        entry: WeightEntry,
+        image: DecodedImage,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        multimask: bool,
+    ) -> PromptResult:
+        with self.lock:
+            pred = self._predictor(entry, image)
+            out = pred.predict(points=points, labels=labels, box=box, multimask=multimask)
+        masks = np.asarray(_numpy(out.masks), dtype=bool)[0]
+        scores = np.asarray(_numpy(out.scores), dtype=np.float32)[0]
+        return PromptResult(masks=masks, scores=scores)
+
+    def automask(self, entry: WeightEntry, image: DecodedImage, amg_params: dict[str, Any]) -> AutoResult:
+        import histosam
+
+        with self.lock:
+            model = self._model(entry)
+            mode = "ais" if getattr(model, "instance_decoder", None) is not None else "amg"
+            params = amg_params if mode == "amg" else {}
+            key = (entry.url, image.key, mode, tuple(sorted(params.items())))
+            hit = self._auto.get(key)
+            if hit is not None:
+                self._auto.move_to_end(key)
+                self._counts["automask_hits"] += 1
+                return hit
+            self._counts["automask_runs"] += 1
+            labels = _call_with_supported(histosam.segment, image.pixels, model=model, mode=mode, **params)
+            result = AutoResult(labels=np.asarray(labels, dtype=np.uint32), mode=mode)
+            self._auto[key] = result
+            while len(self._auto) > 4:
+                self._auto.popitem(last=False)
+            return result
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                **self._counts,
+                "models_loaded": list(self._models),
+                "embeddings_cached": len(self._predictors),
+                "cache_size": self.cache_size,
+            }
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
