@@ -124,9 +124,7 @@ def _check_maps(maps: np.ndarray) -> np.ndarray:
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return np.asarray(x, dtype=np.float32)
-    return ndi.gaussian_filter(
-        x, float(sigma), output=np.float32, mode=GAUSSIAN_MODE, truncate=GAUSSIAN_TRUNCATE
-    )
+    return ndi.gaussian_filter(x, float(sigma), output=np.float32, mode=GAUSSIAN_MODE, truncate=GAUSSIAN_TRUNCATE)
 
 
 def smooth_maps(maps: np.ndarray, params: AISParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

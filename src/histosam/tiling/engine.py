@@ -151,8 +151,16 @@ def postprocess_chunk(
         if wb.contains(top + r_off, col + c_off):
             ids.append(i)
             firsts.append((top, col))
-    empty = ChunkResult(index, write_box, (wb.r0, wb.c0), np.zeros((0, 0), np.uint32),
-                        np.zeros((0, 4), np.int64), np.zeros((0, 2), np.int64), np.zeros(0, np.int64), context)
+    empty = ChunkResult(
+        index,
+        write_box,
+        (wb.r0, wb.c0),
+        np.zeros((0, 0), np.uint32),
+        np.zeros((0, 4), np.int64),
+        np.zeros((0, 2), np.int64),
+        np.zeros(0, np.int64),
+        context,
+    )
     if not ids:
         return empty, 0
     ids_a = np.asarray(ids)
@@ -177,8 +185,10 @@ def postprocess_chunk(
         return empty, n_inc
     order = np.lexsort((first_a[:, 1], first_a[:, 0]))
     ids_a, first_a = ids_a[order], first_a[order]
-    boxes = np.array([[slices[i - 1][0].start, slices[i - 1][1].start, slices[i - 1][0].stop,
-                       slices[i - 1][1].stop] for i in ids_a], dtype=np.int64)
+    boxes = np.array(
+        [[slices[i - 1][0].start, slices[i - 1][1].start, slices[i - 1][0].stop, slices[i - 1][1].stop] for i in ids_a],
+        dtype=np.int64,
+    )
     lo, hi = boxes[:, :2].min(0), boxes[:, 2:].max(0)
     lut = np.zeros(len(slices) + 1, np.uint32)
     lut[ids_a] = np.arange(1, ids_a.size + 1, dtype=np.uint32)
@@ -236,30 +246,50 @@ def iter_ais_chunks(
     chunks = TileGrid(shape, chunk, 0)
     r = params.smoothing_radius
     boxes = [c.inner.grow(context, shape).grow(r, shape) for c in chunks]
-    assembler = MapAssembler(grid, read_region, predict_maps, batch_size=batch_size,
-                             tile_filter=tile_filter, schedule=boxes, cache_mb=cache_mb)
+    assembler = MapAssembler(
+        grid,
+        read_region,
+        predict_maps,
+        batch_size=batch_size,
+        tile_filter=tile_filter,
+        schedule=boxes,
+        cache_mb=cache_mb,
+    )
     for ch in chunks:
         ctx = context
         while True:
             read_box = ch.inner.grow(ctx, shape)
             maps_box = read_box.grow(r, shape)
             maps = assembler.maps_for(maps_box, step=None)
-            result, n_inc = postprocess_chunk(maps, maps_box, read_box, ch.inner, shape, params,
-                                              index=ch.index, context=ctx, completeness=completeness)
+            result, n_inc = postprocess_chunk(
+                maps,
+                maps_box,
+                read_box,
+                ch.inner,
+                shape,
+                params,
+                index=ch.index,
+                context=ctx,
+                completeness=completeness,
+            )
             if n_inc == 0:
                 break
             whole = read_box == Box(0, 0, shape[0], shape[1])
             if on_incomplete == "enlarge" and ctx < max_context and not whole:
                 ctx = min(max(2 * ctx, 1), max_context)
                 continue
-            msg = (f"chunk {ch.index} {tuple(ch.inner)}: {n_inc} object(s) reach the border of the "
-                   f"read region with context {ctx} px; results near them may differ from untiled "
-                   f"post-processing (increase context)")
+            msg = (
+                f"chunk {ch.index} {tuple(ch.inner)}: {n_inc} object(s) reach the border of the "
+                f"read region with context {ctx} px; results near them may differ from untiled "
+                f"post-processing (increase context)"
+            )
             if on_incomplete == "error":
                 raise IncompleteObjectError(msg)
             warnings.warn(msg, IncompleteObjectWarning, stacklevel=2)
             break
-        assembler.release(ch.index)
+        nxt = ch.index + 1
+        keep_from = chunks[nxt].inner.r0 - max_context - r if nxt < len(chunks) else None
+        assembler.release(ch.index, keep_from_row=keep_from)
         yield result
 
 
@@ -300,8 +330,9 @@ def segment_array(
 
     out = np.zeros(image.shape[:2], np.uint32)
     n = 0
-    for res in iter_ais_chunks(read_region, image.shape[:2], predict_maps, tile=tile, halo=halo,
-                               chunk=chunk, params=params, **kwargs):
+    for res in iter_ais_chunks(
+        read_region, image.shape[:2], predict_maps, tile=tile, halo=halo, chunk=chunk, params=params, **kwargs
+    ):
         paste_chunk(out, res, n)
         n += res.n
     return out

@@ -109,8 +109,9 @@ class MapAssembler:
                 self.predict_calls += 1
                 for b, t in enumerate(batch):
                     tile = self.grid[t]
-                    self._cache[t] = np.array(out[b][(slice(None),) + tile.inner.local_to(tile.outer)],
-                                              dtype=np.float32)
+                    self._cache[t] = np.array(
+                        out[b][(slice(None),) + tile.inner.local_to(tile.outer)], dtype=np.float32
+                    )
                     self.tiles_predicted += 1
 
     # -- assembly -------------------------------------------------------------------------------------
@@ -142,16 +143,19 @@ class MapAssembler:
                 return s
         return None
 
-    def release(self, step: int) -> None:
-        """Drop cached tiles no step after ``step`` needs; then trim to the budget (furthest use first)."""
+    def release(self, step: int, keep_from_row: int | None = None) -> None:
+        """Evict after ``step``: tiles no later scheduled step needs and whose inner box ends above
+        ``keep_from_row`` (None: any row) go first; then, over the budget, tiles with no scheduled use,
+        then those needed furthest in the future."""
+        far = float("inf")
         nxt = {t: self._next_use(t, step) for t in self._cache}
         for t, s in nxt.items():
-            if s is None:
+            if s is None and (keep_from_row is None or self.grid[t].inner.r1 <= keep_from_row):
                 del self._cache[t]
         total = self.cached_bytes
         if total <= self.cache_bytes:
             return
-        for t in sorted(self._cache, key=lambda t: -nxt[t]):  # furthest next use first
+        for t in sorted(self._cache, key=lambda t: -(far if nxt[t] is None else nxt[t])):
             if total <= self.cache_bytes:
                 break
             m = self._cache.pop(t)
