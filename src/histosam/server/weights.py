@@ -91,6 +91,11 @@ class WeightsTable:
             for e in entries:
                 if e.url == checkpoint_url:
                     return e
+            known = _registry_name(checkpoint_url)
+            if known is not None:  # a published URL (e.g. PathoSAM's in the extension's README)
+                entry = WeightEntry(type=type, name=known, url=checkpoint_url, source=known)
+                self.add(entry)
+                return entry
             raise WeightsNotFoundError(
                 f"checkpoint_url {checkpoint_url!r} is not registered on this server; register it "
                 "first (QuPath: 'Register weights', i.e. POST /sam/weights/) or start the server with "
@@ -127,7 +132,7 @@ class WeightsTable:
         elif not source.startswith(("http://", "https://")):
             raise RequestError(f"url must be http(s)://, file:// or a local path, got {url!r}")
         else:
-            source = self._download(source)
+            source = _registry_name(source) or self._download(source)
         self.add(WeightEntry(type=type, name=name, url=url, source=source))
         return f"{name} ({url}) is registered."
 
@@ -146,3 +151,12 @@ class WeightsTable:
         finally:
             self.progress.message, self.progress.percent = None, -1
             self.progress.cancel.clear()
+
+
+def _registry_name(url: str) -> str | None:
+    """The histosam registry name published at ``url``, if any (loaded, and downloaded, on first use)."""
+    try:
+        from histosam.registry.entries import URL_ALIASES
+    except ImportError:  # pragma: no cover
+        return None
+    return URL_ALIASES.get(url)
