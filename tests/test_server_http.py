@@ -307,3 +307,19 @@ def test_png_roundtrip_helper():
     img = _rgb()
     back = np.asarray(Image.open(io.BytesIO(base64.b64decode(encode_png_b64(img)))))
     np.testing.assert_array_equal(back, img)
+
+
+PATHOSAM_VIT_H = "https://owncloud.gwdg.de/index.php/s/L7AcvVz7DoWJ2RZ/download"
+
+
+def test_published_pathosam_url_maps_to_registry_without_download(client, fake, weights):
+    # the URL QuPath users copy from the extension's README: known to the registry, loaded on first use
+    r = client.post("/sam/weights/", json={"type": "vit_h", "name": "PathoSAM vit_h", "url": PATHOSAM_VIT_H})
+    assert r.status_code == 200 and r.text == f"PathoSAM vit_h ({PATHOSAM_VIT_H}) is registered."
+    entry = weights.resolve("vit_h", PATHOSAM_VIT_H)
+    assert entry.source == "vit_h_histopathology"
+    # a request naming a published URL that was never registered resolves too
+    body = {"type": "vit_l", "b64img": encode_png_b64(_rgb()), "bbox": [0, 0, 4, 4],
+            "checkpoint_url": "https://owncloud.gwdg.de/index.php/s/IZgnn1cpBq2PHod/download"}
+    assert client.post("/sam/", json=body).status_code == 200
+    assert fake.calls[-1]["entry"].source == "vit_l_histopathology"

@@ -112,8 +112,8 @@ class WeightsTable:
     def register(self, type: str, name: str, url: str) -> str:
         """``POST /sam/weights/``: add ``url`` (local path, ``file://`` URL or http(s) URL) as ``name``.
 
-        Local files must exist. Remote URLs are downloaded now through ``histosam.registry`` when it
-        provides ``download(url, progress=callable)``; otherwise they are loaded on first use.
+        Local files must exist. URLs of registry models (PathoSAM's) are downloaded on first use;
+        other URLs are downloaded now into histosam's model cache.
         Returns the plain-text message the client shows.
         """
         for e in self.list(type):
@@ -137,21 +137,22 @@ class WeightsTable:
         return f"{name} ({url}) is registered."
 
     def _download(self, url: str) -> str:
-        try:
-            from histosam import registry
-        except ImportError:  # pragma: no cover - registry always importable in the package
-            return url
-        download = getattr(registry, "download", None)
-        if download is None:
-            return url  # resolved lazily by histosam.load_model(url)
+        """Download ``url`` into histosam's model cache now (the client shows progress meanwhile)."""
+        import hashlib
+
+        from histosam.registry import download as dl
+
         self.progress.cancel.clear()
-        self.progress.message, self.progress.percent = f"downloading {url}", 0
+        self.progress.message, self.progress.percent = f"downloading {url}", -1
+        stem = url.rstrip("/").rsplit("/", 1)[-1] or "weights"
+        filename = f"custom/{hashlib.sha256(url.encode()).hexdigest()[:16]}-{stem}"
         try:
-            return str(download(url, progress=self.progress.update))
+            if hasattr(dl, "download"):  # wanted: a fetch with a progress callback that can cancel
+                return str(dl.download(url, filename, progress=self.progress.update))
+            return str(dl.fetch(url, filename, None, progress=False))
         finally:
             self.progress.message, self.progress.percent = None, -1
             self.progress.cancel.clear()
-
 
 def _registry_name(url: str) -> str | None:
     """The histosam registry name published at ``url``, if any (loaded, and downloaded, on first use)."""
