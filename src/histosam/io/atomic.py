@@ -1,0 +1,104 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+
+Readers never see a half-written file, and on an exception the temporary file is removed and any
+existing file at the target path is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_path", "atomic_dir"]
+
+
+def _tmp_name(path: Path, suffix: str = "") -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
+    """Context manager yielding an open file that replaces ``path`` atomically on success.
+
+    ``mode`` is ``"w"``/``"wt"`` (text, UTF-8 unless ``encoding`` is given) or ``"wb"``; extra keyword
+    arguments go to :func:`open`. The parent folder must exist.
+    """
+    if mode not in ("w", "wt", "wb", "x", "xb"):
+        raise ValueError(f"atomic_write mode must be a write mode ('w', 'wb'), got {mode!r}")
+    path = Path(path)
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if "x" in mode and path.exists():
+            raise FileExistsError(path)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path (same folder, same suffix) for libraries that write by path themselves;
+    it replaces ``path`` atomically on success and is removed on an exception."""
+    path = Path(path)
+    tmp = _tmp_name(path, suffix="".join(path.suffixes))
+    try:
+        yield tmp
+        with contextlib.suppress(OSError):
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder that replaces the folder ``path`` on success (e.g. a Zarr store).
+
+    The old folder is moved aside, the new one renamed into place, then the old one deleted; on an
+    exception the temporary folder is deleted and the old one kept.
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.rmdir(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

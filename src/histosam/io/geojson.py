@@ -1,0 +1,152 @@
+"""QuPath-compatible GeoJSON: one ``detection`` Feature per nucleus, streamed to disk, written atomically.
+
+Follows QuPath's import rules (``users-and-ecosystem.md`` §3.1): a ``FeatureCollection``; each Feature
+has a UUID string ``id``, a Polygon/MultiPolygon ``geometry`` in level-0 image pixels (x, y), origin top
+left, and ``properties`` = ``{"objectType": "detection", "classification": {"name", "color": [r, g, b]},
+"measurements": {name: number}}`` (the v0.4+ object form; NaN/inf measurements are dropped since JSON has
+no NaN). A ``.gz`` suffix (``nuclei.geojson.gz``) writes gzip, which QuPath imports directly.
+Feature ids are deterministic (uuid5 of ``id_namespace`` and the object id) so re-runs give identical files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+
+from histosam.errors import HistosamError
+from histosam.io.atomic import atomic_write
+
+__all__ = ["feature", "GeoJSONWriter", "write_geojson", "read_geojson", "DEFAULT_CLASS"]
+
+DEFAULT_CLASS = ("Nucleus", (0, 160, 255))
+_NS = uuid.UUID("8d3f4c1e-5b7a-4d2c-9a61-0f3e2b1c7d45")
+
+
+def _round_coords(obj: Any, ndigits: int) -> Any:
+    if isinstance(obj, float):
+        return round(obj, ndigits)
+    if isinstance(obj, list | tuple):
+        return [_round_coords(v, ndigits) for v in obj]
+    return obj
+
+
+def feature(
+    geometry: BaseGeometry,
+    object_id: int,
+    measurements: Mapping[str, Any] | None = None,
+    classification: tuple[str, tuple[int, int, int]] | None = DEFAULT_CLASS,
+    *,
+    object_type: str = "detection",
+    id_namespace: str = "",
+    ndigits: int = 2,
+) -> dict:
+    """One QuPath Feature dict for ``geometry`` (shapely, image pixels (x, y))."""
+    geo = mapping(geometry)
+    geo = {"type": geo["type"], "coordinates": _round_coords(geo["coordinates"], ndigits)}
+    props: dict[str, Any] = {"objectType": object_type}
+    if classification is not None:
+        name, color = classification
+        props["classification"] = {"name": str(name), "color": [int(c) for c in color]}
+    if measurements:
+        meas = {}
+        for k, v in measurements.items():
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(f):
+                meas[str(k)] = f
+        props["measurements"] = meas
+    fid = str(uuid.uuid5(_NS, f"{id_namespace}:{int(object_id)}"))
+    return {"type": "Feature", "id": fid, "geometry": geo, "properties": props}
+
+
+class GeoJSONWriter:
+    """Streaming FeatureCollection writer: ``add(features)`` appends as chunks are processed; ``close()``
+    finishes the file and moves it into place atomically (nothing appears at ``path`` before that, and an
+    exception inside ``with`` leaves any old file untouched). Memory holds one feature at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, compresslevel: int = 6) -> None:
+        self.path = Path(path)
+        self._ctx = atomic_write(self.path, "wb")
+        raw = self._ctx.__enter__()
+        self._raw: IO[bytes] = raw
+        self._gz = (
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0)
+            if self.path.suffix == ".gz"
+            else None
+        )
+        self._out: IO[bytes] = self._gz if self._gz is not None else raw
+        self._out.write(b'{"type":"FeatureCollection","features":[\n')
+        self.count = 0
+        self._closed = False
+
+    def add(self, features: Iterable[Mapping]) -> None:
+        for f in features:
+            text = json.dumps(f, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            self._out.write((",\n" if self.count else "").encode() + text.encode("utf-8"))
+            self.count += 1
+
+    def close(self) -> Path:
+        if not self._closed:
+            self._closed = True
+            self._out.write(b"\n]}\n")
+            if self._gz is not None:
+                self._gz.close()
+            self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            err = RuntimeError("GeoJSONWriter aborted")
+            try:
+                self._ctx.__exit__(RuntimeError, err, None)
+            except RuntimeError as e:
+                if e is not err:
+                    raise
+
+    def __enter__(self) -> GeoJSONWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_geojson(path: str | os.PathLike, features: Iterable[Mapping]) -> Path:
+    """Write features as one FeatureCollection (``.gz`` suffix: gzip), atomically."""
+    with GeoJSONWriter(path) as w:
+        w.add(features)
+    return Path(path)
+
+
+def read_geojson(path: str | os.PathLike) -> list[dict]:
+    """Read features from a GeoJSON file (``.gz`` too) as QuPath does: FeatureCollection, bare list of
+    Features, or one Feature."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise HistosamError(f"cannot read GeoJSON {path}: {e}") from e
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        return list(data.get("features", []))
+    if isinstance(data, dict) and data.get("type") == "Feature":
+        return [data]
+    raise HistosamError(f"{path} is not a GeoJSON FeatureCollection, Feature or list of Features")

@@ -1,0 +1,67 @@
+"""Polygons and measurements on small hand-made label images."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from histosam.measure import instances_to_features, label_polygons, mask_polygon, measure_instances
+
+
+def _labels():
+    lab = np.zeros((12, 14), np.uint32)
+    lab[1:4, 2:6] = 1  # 3x4 block
+    lab[6:11, 1:6] = 2  # 5x5 block with a one-pixel hole
+    lab[8, 3] = 0
+    lab[6, 9] = lab[7, 10] = 4  # two diagonal pixels (8-connected)
+    return lab
+
+
+def test_polygon_geometry_exact():
+    polys = label_polygons(_labels())
+    assert list(polys) == [1, 2, 4]
+    assert polys[1].area == pytest.approx(11.5)  # 12 px minus 4 cut corners of 1/8
+    assert polys[1].bounds == (2.0, 1.0, 6.0, 4.0)  # x0, y0, x1, y1 on pixel borders
+    assert len(polys[2].interiors) == 1 and polys[2].area == pytest.approx(
+        25 - 0.5 - 0.5
+    )  # 5x5 block, cut corners, diamond hole
+    assert all(p.is_valid and not p.is_empty for p in polys.values())
+    single = mask_polygon(np.ones((1, 1), bool), offset=(10, 20))
+    assert single.centroid.x == pytest.approx(20.5) and single.centroid.y == pytest.approx(10.5)
+
+
+def test_polygon_area_close_to_pixel_area_and_offset():
+    lab = np.zeros((60, 60), np.int32)
+    rr, cc = disk((30, 30), 12)
+    lab[rr, cc] = 7
+    p = label_polygons(lab, offset=(100, 200))[7]
+    assert p.is_valid and abs(p.area - len(rr)) / len(rr) < 0.02
+    assert p.centroid.x == pytest.approx(230.5, abs=0.05) and p.centroid.y == pytest.approx(130.5, abs=0.05)
+    assert len(label_polygons(lab, simplify=0.5)[7].exterior.coords) < len(p.exterior.coords)
+
+
+def test_measurements_exact():
+    lab = _labels()
+    img = np.full(lab.shape + (3,), 255, np.uint8)
+    img[lab == 1] = (90, 40, 160)
+    scores = np.where(lab == 2, 0.75, 0.25)
+    t = measure_instances(lab, img, scores=scores, mpp=0.5, offset=(10, 20), id_offset=100)
+    assert t["id"].tolist() == [101, 102, 104]
+    assert t["area_px"].tolist() == [12, 24, 2]
+    assert t["centroid_x"].iloc[0] == 20 + 3.5 + 0.5 and t["centroid_y"].iloc[0] == 10 + 2 + 0.5
+    assert t["area_um2"].tolist() == [3.0, 6.0, 0.5]
+    assert t[["bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]].iloc[0].tolist() == [22, 11, 26, 14]
+    assert t["solidity"].iloc[0] == pytest.approx(1.0)
+    assert t["score"].tolist() == [0.25, 0.75, 0.25]
+    assert t["mean_od_hematoxylin"].iloc[0] > 0 and t["mean_od_hematoxylin"].iloc[1] == pytest.approx(0, abs=1e-9)
+    assert t["eccentricity"].iloc[1] == pytest.approx(0, abs=1e-6)  # square with centred hole
+
+
+def test_features_carry_measurements():
+    feats, table = instances_to_features(_labels(), mpp=0.25, id_namespace="img")
+    assert len(feats) == len(table) == 3
+    f = feats[0]
+    assert f["type"] == "Feature" and f["geometry"]["type"] == "Polygon"
+    assert f["properties"]["objectType"] == "detection"
+    assert f["properties"]["measurements"]["area_px"] == 12
+    assert f["properties"]["classification"]["name"] == "Nucleus"
+    assert feats == instances_to_features(_labels(), mpp=0.25, id_namespace="img")[0]  # deterministic ids
