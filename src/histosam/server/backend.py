@@ -5,9 +5,9 @@ implements it with :func:`histosam.load_model`, :class:`histosam.Predictor` and
 :func:`histosam.segment`. One process serves every client:
 
 - models are loaded on first use (nothing at start-up) and kept in an LRU of ``max_models``;
-- one LRU of ``cache_size`` Predictors that already hold an image embedding, keyed by
-  ``(weights url, hash of the decoded pixels)`` and shared by all requests and clients, so a second
-  prompt on the same viewport (any PNG encoding of it) skips the encoder;
+- one :class:`histosam.Predictor` per model, whose LRU of ``cache_size`` image embeddings is keyed
+  by a hash of the decoded pixels and shared by all requests and clients, so a second prompt on
+  the same viewport (any PNG encoding of it) skips the encoder;
 - all model work runs under one lock; decoding, hashing and polygon tracing run outside it.
 """
 
@@ -87,7 +87,8 @@ class HistosamBackend:
         self.max_models = max(1, int(max_models))
         self.lock = threading.Lock()
         self._models: OrderedDict[str, Any] = OrderedDict()
-        self._predictors: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._predictors: dict[str, Any] = {}  # weights url -> Predictor (its own LRU of embeddings)
+        self._seen: dict[str, OrderedDict[str, None]] = {}  # mirrors each Predictor's LRU, for the counters
         self._auto: OrderedDict[tuple, AutoResult] = OrderedDict()
         self._counts = {"embedding_hits": 0, "embedding_misses": 0, "automask_hits": 0, "automask_runs": 0}
 
@@ -107,25 +108,32 @@ class HistosamBackend:
         self._models[entry.url] = model
         while len(self._models) > self.max_models:
             old, _ = self._models.popitem(last=False)
-            for k in [k for k in self._predictors if k[0] == old]:
-                del self._predictors[k]
+            self._predictors.pop(old, None)
+            self._seen.pop(old, None)
         return model
 
     def _predictor(self, entry: WeightEntry, image: DecodedImage) -> Any:
-        key = (entry.url, image.key)
-        pred = self._predictors.get(key)
-        if pred is not None:
-            self._predictors.move_to_end(key)
-            self._counts["embedding_hits"] += 1
-            return pred
-        import histosam
+        """The model's Predictor with ``image`` set (free when its embedding is cached)."""
+        pred = self._predictors.get(entry.url)
+        if pred is None:
+            import histosam
 
-        self._counts["embedding_misses"] += 1
-        pred = histosam.Predictor(self._model(entry), device=self.device)
+            model = self._model(entry)
+            pred = histosam.Predictor(model, device=self.device, cache_size=self.cache_size)
+            self._predictors[entry.url] = pred
+            self._seen[entry.url] = OrderedDict()
+        else:
+            self._models.move_to_end(entry.url)
+        seen = self._seen[entry.url]
+        if image.key in seen:
+            seen.move_to_end(image.key)
+            self._counts["embedding_hits"] += 1
+        else:
+            seen[image.key] = None
+            self._counts["embedding_misses"] += 1
+            while len(seen) > self.cache_size:
+                seen.popitem(last=False)
         pred.set_image(image.pixels)
-        self._predictors[key] = pred
-        while len(self._predictors) > self.cache_size:
-            self._predictors.popitem(last=False)
         return pred
 
     # -- ModelBackend ----------------------------------------------------------------------------
@@ -171,7 +179,7 @@ class HistosamBackend:
             return {
                 **self._counts,
                 "models_loaded": list(self._models),
-                "embeddings_cached": len(self._predictors),
+                "embeddings_cached": sum(len(v) for v in self._seen.values()),
                 "cache_size": self.cache_size,
             }
 

@@ -103,7 +103,7 @@ def decode_image(b64: str, max_pixels: int) -> DecodedImage:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"b64img is not a readable image (expected a base64 PNG): {exc}") from None
-    pixels = np.ascontiguousarray(pixels)
+    pixels = np.array(pixels, dtype=np.uint8, order="C", copy=True)  # writable, owned
     return DecodedImage(pixels=pixels, key=content_key(pixels))
 
 
