@@ -1,0 +1,300 @@
+"""Streaming, resumable whole-slide segmentation (one slide or a cohort).
+
+``segment_slide`` = tissue mask (thumbnail) -> chunk plan (only chunks touching tissue) -> chunks
+computed sequentially (one process: read-ahead thread, batched ``predict_maps``, shared tile cache)
+or on a Dask cluster (one task per chunk) -> each chunk's records committed to a SQLite store next to
+the outputs -> final merge in chunk raster order (ids 1..N) streamed to GeoJSON.gz / Parquet / CSV /
+overlay PNG + provenance JSON. Peak RAM depends on chunk, tile and batch sizes and the tile cache,
+not on the slide size; a killed run resumes from the committed chunks and ends with identical outputs.
+
+``predict_maps(tiles: uint8 B x h x w x 3) -> float32 B x 3 x h x w`` is any picklable callable
+(:class:`ModelMaps` wraps a histosam model; :func:`histosam.wsi.fake.colour_threshold_maps` for tests).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from histosam.errors import HistosamError
+from histosam.wsi.chunks import SlidePlan, make_plan, process_chunks
+from histosam.wsi.outputs import SlideOutputWriter, atomic_json
+from histosam.wsi.reader import open_slide
+from histosam.wsi.roi import Roi
+from histosam.wsi.store import ChunkStore
+from histosam.wsi.tissue import detect_tissue
+
+PredictMaps = Callable
+
+_MODEL_CACHE: dict = {}
+
+
+class NoTissueWarning(UserWarning):
+    """The tissue detector found no tissue: the slide yields empty outputs."""
+
+
+class ModelMaps:
+    """Picklable ``predict_maps`` for a histosam model; the model loads lazily once per process."""
+
+    def __init__(self, model: str, device: str | None = None) -> None:
+        self.model, self.device = model, device
+
+    def _load(self):
+        key = (self.model, self.device)
+        if key not in _MODEL_CACHE:
+            import histosam
+
+            kwargs = {"device": self.device} if self.device else {}
+            try:
+                _MODEL_CACHE[key] = histosam.load_model(self.model, **kwargs)
+            except TypeError:
+                _MODEL_CACHE[key] = histosam.load_model(self.model)
+        return _MODEL_CACHE[key]
+
+    def __call__(self, tiles):
+        from histosam.inference.maps import predict_instance_maps
+
+        model = self._load()
+        kw = {}
+        if self.device and "device" in inspect.signature(predict_instance_maps).parameters:
+            kw["device"] = self.device
+        return predict_instance_maps(model, tiles, **kw)
+
+    @property
+    def postprocess(self) -> dict:
+        cfg = getattr(self._load(), "config", None)
+        return dict(getattr(cfg, "postprocess", None) or {})
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chunk", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def _run_sequential(plan: SlidePlan, todo: list[int], predict_maps, store: ChunkStore, bar, area_mm2) -> dict:
+    stats: dict = {}
+    t0 = time.perf_counter()
+    for n, (idx, recs) in enumerate(process_chunks(plan, todo, predict_maps, stats=stats), start=1):
+        store.put(idx, recs)
+        bar.update(1)
+        bar.set_postfix(tiles=stats.get("tiles_predicted", 0),
+                        mm2_s=f"{n * area_mm2 / max(time.perf_counter() - t0, 1e-9):.3f}")
+    return stats
+
+
+def _dask_task(plan: SlidePlan, idx: int, predict_maps) -> tuple[int, list[dict], int]:
+    stats: dict = {}
+    (i, recs), = list(process_chunks(plan, [idx], predict_maps, stats=stats, prefetch=4))
+    return i, recs, stats.get("tiles_predicted", 0)
+
+
+def _run_dask(client, plan: SlidePlan, todo: list[int], predict_maps, store: ChunkStore, bar, area_mm2) -> dict:
+    from dask.distributed import as_completed
+
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    plan_f = client.scatter(plan, broadcast=True)
+    pm_f = client.scatter(predict_maps, broadcast=True)
+    pending, tiles, t0, done = iter(todo), 0, time.perf_counter(), 0
+    futures = [client.submit(_dask_task, plan_f, i, pm_f, pure=False) for _, i in zip(range(2 * n_workers), pending)]
+    ac = as_completed(futures)
+    for fut in ac:
+        idx, recs, nt = fut.result()
+        store.put(idx, recs)
+        done += 1
+        tiles += nt
+        bar.update(1)
+        bar.set_postfix(tiles=tiles, mm2_s=f"{done * area_mm2 / max(time.perf_counter() - t0, 1e-9):.3f}")
+        nxt = next(pending, None)
+        if nxt is not None:
+            ac.add(client.submit(_dask_task, plan_f, nxt, pm_f, pure=False))
+    return {"tiles_predicted": tiles}
+
+
+def segment_slide(
+    path: str | os.PathLike,
+    outdir: str | os.PathLike,
+    predict_maps: PredictMaps,
+    *,
+    mpp: float | None = None,
+    target_mpp: float = 0.25,
+    roi: Roi | None = None,
+    tile: int = 384,
+    halo: int = 64,
+    chunk: int = 2048,
+    context: int = 128,
+    batch_size: int = 8,
+    params: dict | None = None,
+    tissue_mpp: float = 8.0,
+    use_tissue: bool = True,
+    client=None,
+    overwrite: bool = False,
+    csv_table: bool = False,
+    progress: bool = False,
+    model_name: str = "custom",
+) -> dict:
+    """Segment one slide into ``outdir``; returns the provenance dict (also written as JSON).
+
+    ``client``: a ``dask.distributed.Client`` to run chunks on (``None``: in this process).
+    """
+    t_start = time.perf_counter()
+    path = Path(path)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stem = path.name.split(".")[0] if not path.name.startswith(".") else path.name
+    with open_slide(path, mpp=mpp) as slide:
+        tissue = detect_tissue(slide, mpp=tissue_mpp) if use_tissue else None
+        if tissue is not None:
+            tissue.save_png(outdir / f"{stem}_tissue.png")
+        plan = make_plan(slide, target_mpp, roi=roi, tissue=tissue, tile=tile, halo=halo, chunk=chunk,
+                         context=context, batch_size=batch_size, params=dict(params or {}))
+        thumb_mpp = max(slide.mpp, 2.0, max(slide.dimensions) * slide.mpp / 4096)
+        thumb = slide.thumbnail(thumb_mpp)
+        thumb_scale = thumb_mpp / slide.mpp
+        level_dims, mpp_used, mpp_source = slide.level_dimensions, slide.mpp, slide.mpp_source
+        backend = slide.backend
+    todo_all = plan.todo_chunks()
+    if not todo_all:
+        warnings.warn(f"{path.name}: no tissue detected (thumbnail at {tissue_mpp} µm/px); nothing to "
+                      f"segment. Use --no-tissue-mask to process the whole slide.", NoTissueWarning,
+                      stacklevel=2)
+    store = ChunkStore(outdir / f"{stem}.chunks.sqlite", plan.fingerprint(), overwrite=overwrite)
+    try:
+        done = store.done()
+        todo = [i for i in todo_all if i not in done]
+        chunk_mm2 = (plan.chunk * plan.target_mpp * 1e-3) ** 2
+        bar = _progress(len(todo_all), stem, progress)
+        bar.update(len(todo_all) - len(todo))
+        t_compute = time.perf_counter()
+        runner = _run_dask if client is not None else _run_sequential
+        stats = runner(*(((client,) if client is not None else ()) + (plan, todo, predict_maps, store, bar,
+                                                                         chunk_mm2))) if todo else {}
+        bar.close()
+        compute_s = time.perf_counter() - t_compute
+        writer = SlideOutputWriter(outdir, stem, thumb=thumb, thumb_scale=thumb_scale, csv_table=csv_table)
+        try:
+            for idx, recs in store.iter_chunks():
+                writer.add_chunk(idx, recs)
+            files = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        n_objects = writer.n
+    finally:
+        store.close()
+    import histosam
+
+    prov = {
+        "status": "complete",
+        "histosam_version": histosam.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "slide": {"path": str(path.resolve()), "size_bytes": path.stat().st_size,
+                  "levels": [list(d) for d in level_dims], "mpp": mpp_used, "mpp_source": mpp_source,
+                  "backend": backend},
+        "model": model_name,
+        "plan": plan.fingerprint(),
+        "roi": None if roi is None else list(roi.bbox),
+        "tissue_area_mm2": None if tissue is None else round(tissue.area_mm2, 4),
+        "chunks_total": len(plan.chunk_grid()),
+        "chunks_with_tissue": len(todo_all),
+        "chunks_computed_this_run": len(todo),
+        "tiles_predicted_this_run": stats.get("tiles_predicted", 0),
+        "objects": n_objects,
+        "compute_seconds": round(compute_s, 3),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "workers": None if client is None else len(client.scheduler_info().get("workers", {})),
+        "outputs": {k: Path(v).name for k, v in files.items()},
+    }
+    if tissue is not None:
+        prov["outputs"]["tissue"] = f"{stem}_tissue.png"
+    atomic_json(outdir / f"{stem}.provenance.json", prov)
+    return prov
+
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".czi", ".dcm")
+
+
+def collect_slides(inputs: list[str]) -> list[tuple[Path, float | None]]:
+    """Expand inputs (slide files, folders, glob patterns, ``.csv`` lists with ``path[,mpp]``)
+    into ``(path, mpp or None)``, in the given order, without duplicates."""
+    import csv
+    import glob
+
+    out: dict[Path, float | None] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.suffix.lower() == ".csv" and p.is_file():
+            with open(p, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+            if rows and rows[0] and rows[0][0].strip().lower() in ("path", "slide", "file"):
+                rows = rows[1:]
+            for row in rows:
+                if not row or not row[0].strip():
+                    continue
+                sp = Path(row[0].strip())
+                sp = sp if sp.is_absolute() else (p.parent / sp)
+                try:
+                    mpp = float(row[1]) if len(row) > 1 and row[1].strip() else None
+                except ValueError as exc:
+                    raise HistosamError(f"{p}: bad mpp {row[1]!r} for {row[0]!r}") from exc
+                out[sp] = mpp
+        elif p.is_dir():
+            for f in sorted(p.iterdir()):
+                if f.is_file() and f.name.lower().endswith(SLIDE_SUFFIXES):
+                    out.setdefault(f, None)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise HistosamError(f"no file matches {item!r}")
+            for m in matches:
+                out.setdefault(Path(m), None)
+        else:
+            out.setdefault(p, None)
+    return list(out.items())
+
+
+def is_finished(outdir: str | os.PathLike, slide: str | os.PathLike) -> bool:
+    """Whether ``outdir`` holds a complete run for ``slide`` (provenance with status complete)."""
+    stem = Path(slide).name.split(".")[0]
+    prov = Path(outdir) / f"{stem}.provenance.json"
+    try:
+        return json.loads(prov.read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def segment_cohort(inputs: list[str], outdir: str | os.PathLike, predict_maps: PredictMaps, *,
+                   mpp: float | None = None, overwrite: bool = False, log=print, **kwargs) -> dict[str, str]:
+    """Segment every slide of a cohort; a failing slide is reported and the others go on.
+
+    Returns ``{slide path: "done" | "skipped" | "error: <message>"}``. Per-slide mpp from a CSV
+    list wins over ``mpp``.
+    """
+    status: dict[str, str] = {}
+    for path, slide_mpp in collect_slides(inputs):
+        if not overwrite and is_finished(outdir, path):
+            status[str(path)] = "skipped"
+            log(f"{path.name}: already finished, skipped")
+            continue
+        try:
+            prov = segment_slide(path, outdir, predict_maps, mpp=slide_mpp or mpp, overwrite=overwrite,
+                                 **kwargs)
+            status[str(path)] = "done"
+            log(f"{path.name}: {prov['objects']} nuclei, {prov['chunks_with_tissue']} chunks, "
+                f"{prov['total_seconds']:.1f} s")
+        except HistosamError as exc:
+            status[str(path)] = f"error: {exc}"
+            log(f"{path.name}: error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one broken slide must not stop the cohort
+            status[str(path)] = f"error: {type(exc).__name__}: {exc}"
+            log(f"{path.name}: unexpected error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+    return status
