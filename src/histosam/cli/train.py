@@ -1,0 +1,64 @@
+"""``histosam train CONFIG.yaml [--key value ...]``: every config key is also a flag; flags win."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from histosam.train.config import TrainConfig, config_fields, load_config
+
+
+def _flag_type(field: dataclasses.Field) -> tuple[Any, dict[str, Any]]:
+    """argparse ``type``/``nargs`` for a dataclass field (None-able scalars accept 'none')."""
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = args[0] if optional else hint
+    origin = typing.get_origin(base)
+    if origin is list:
+        item = typing.get_args(base)[0]
+        return item, {"nargs": "*"}
+    if base is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if optional:
+        return (lambda s, b=base: None if s.lower() in ("none", "null", "") else b(s)), {}
+    return base, {}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train or finetune a model from a YAML config",
+                              description="Train or finetune from a YAML config. Every config key is also a "
+                                          "flag (--key value) that overrides the file.")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group = p.add_argument_group("config overrides")
+    for f in config_fields():
+        typ, extra = _flag_type(f)
+        kw: dict[str, Any] = dict(dest=f"cfg_{f.name}", default=None, help=f"override '{f.name}'")
+        if typ is not None:
+            kw["type"] = typ
+        kw.update(extra)
+        group.add_argument(f"--{f.name.replace('_', '-')}", **kw)
+    p.set_defaults(func=run)
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keys given on the command line (``None`` = not given)."""
+    return {f.name: getattr(args, f"cfg_{f.name}") for f in config_fields()
+            if getattr(args, f"cfg_{f.name}", None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from histosam.train.loop import build_and_train
+
+    cfg = load_config(args.config, overrides_from_args(args))
+    summary = build_and_train(cfg, progress=not args.no_progress)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(json.dumps({"output_dir": cfg.output_dir, "epochs_done": summary["epochs_done"],
+                      "step": summary["step"], "stopped_early": summary["stopped_early"], "last": last}))
+    return 0
