@@ -1,0 +1,81 @@
+"""Batched AIS map prediction: RGB tiles → instance-decoder maps (foreground, centre and boundary distance).
+
+This is the only neural stage of automatic instance segmentation; the tiling engine
+(:mod:`histosam.tiling`) calls it through :func:`make_map_predictor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from histosam.inference import preprocess as pre
+from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
+from histosam.models.sam import SegmentAnything
+
+
+def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: torch.device | str | None = None,
+                          precision: str = "auto", encoder_batch: int = 4) -> np.ndarray:
+    """Instance-decoder maps for a batch of tiles.
+
+    Args:
+        model: a model with an instance decoder.
+        tiles: ``B×h×w×3`` uint8 RGB (every tile at most the model frame at native resolution; any size for
+            ``resize_longest_side`` models, which resize each tile as ``SamPredictor.set_image`` does).
+        precision: see :func:`histosam.inference.runtime.resolve_precision`.
+        encoder_batch: tiles encoded together.
+    Returns:
+        float32 ``B×3×h×w`` in [0, 1]: channel 0 foreground, 1 centre distance, 2 boundary distance.
+
+    The UNETR decoder of micro-sam models runs **one tile at a time**: its BatchNorm uses the statistics of the
+    current batch (micro-sam parity), so batching tiles would make results depend on the batch.
+    """
+    if model.instance_decoder is None:
+        model.decode_instances(None, [])  # raises the explanatory CheckpointError
+    dev = resolve_device(device) if device is not None else model.device
+    prec = resolve_precision(precision, dev)
+    tiles = np.asarray(tiles)
+    if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+        raise ValueError(f"tiles must be B×h×w×3 uint8, got {tiles.shape} {tiles.dtype}")
+    b, h, w, _ = tiles.shape
+    frame = model.image_size
+    if model.config.resize_longest_side:
+        input_size = pre.target_size(h, w, frame)
+    else:
+        if max(h, w) > frame:
+            raise ValueError(f"tiles of {h}×{w} exceed the model frame {frame}; use the tiling engine")
+        input_size = (h, w)
+    per_tile_decoder = model.config.instance_decoder in ("unetr", "unetr_interp")
+    out = np.empty((b, 3, h, w), dtype=np.float32)
+    for start in range(0, b, encoder_batch):
+        chunk = tiles[start: start + encoder_batch]
+        batch = torch.cat([pre.image_to_tensor(pre.resize_rgb(t, input_size), dev) for t in chunk])
+        x = model.preprocess(batch, pad_to=frame)
+        if dev.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(dev, prec):
+            emb, skips = model.encode(x)
+            if per_tile_decoder:
+                maps = torch.cat([model.decode_instances(emb[i: i + 1], [s[i: i + 1] for s in skips], x[i: i + 1])
+                                  for i in range(emb.shape[0])])
+            else:
+                maps = model.decode_instances(emb, skips, x)
+        maps = maps.float()[..., : input_size[0], : input_size[1]]
+        if input_size != (h, w):
+            maps = torch.nn.functional.interpolate(maps, (h, w), mode="bilinear", align_corners=False)
+        out[start: start + len(chunk)] = maps.cpu().numpy()
+    return out
+
+
+def make_map_predictor(model: SegmentAnything, device: torch.device | str | None = None, precision: str = "auto",
+                       encoder_batch: int = 4) -> Callable[[np.ndarray], np.ndarray]:
+    """A ``predict_maps(tiles_uint8 B×h×w×3) -> float32 B×3×h×w`` callable for the tiling engine."""
+    dev = resolve_device(device) if device is not None else model.device
+    model = prepare_for_inference(model, dev)
+
+    def predict_maps(tiles: np.ndarray) -> np.ndarray:
+        return predict_instance_maps(model, tiles, dev, precision, encoder_batch)
+
+    return predict_maps

@@ -1,0 +1,132 @@
+"""Reading images and converting them, explicitly, to the ``H×W×3 uint8`` RGB the models take.
+
+Conversion rules (:func:`to_rgb_uint8`):
+
+- 2-D grayscale or ``H×W×1`` → the channel is repeated three times.
+- ``H×W×4`` RGBA → composited over white using the alpha channel (transparent slide background is white).
+- ``3×H×W`` / ``4×H×W`` channels-first arrays (when the last axis is not 3/4) → transposed.
+- ``uint8`` → unchanged. ``uint16`` → divided by 257 (the full 0–65535 range maps linearly to 0–255).
+  Other integer types → clipped to 0–255. ``bool`` → 0/255. Floats → ×255 when the maximum is ≤ 1, else
+  clipped to 0–255; NaN becomes 0.
+- ``stretch="channel"``: instead, each channel is min-max stretched to 0–255 (micro-sam ≥ 1.7's behaviour);
+  ``stretch="global"``: one min-max over all channels (micro-sam ≤ 1.6 for non-uint8 input).
+- Empty images (a zero-length axis) and arrays that are not 2-D/3-D raise :class:`~histosam.errors.ImageError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from histosam.errors import ImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def read_image(path: str | os.PathLike, stretch: str | None = None) -> np.ndarray:
+    """Read an image file (PNG/JPEG/BMP via Pillow, TIFF via tifffile) as ``H×W×3 uint8`` RGB."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    array = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
+                elif im.mode not in ("RGB", "RGBA", "L", "LA"):
+                    array = np.asarray(im.convert("RGBA" if "A" in im.mode else "RGB"))
+                else:
+                    array = np.asarray(im)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
+        raise ImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    if array.ndim == 3 and array.shape[-1] == 2:  # LA
+        array = array[..., 0]
+    try:
+        return to_rgb_uint8(array, stretch=stretch)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from exc
+
+
+def _stretch(a: np.ndarray, per_channel: bool) -> np.ndarray:
+    a = np.nan_to_num(a.astype(np.float32))
+    axes = (0, 1) if per_channel else None
+    lo = a.min(axis=axes, keepdims=True)
+    hi = a.max(axis=axes, keepdims=True)
+    scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1e-12), 0.0)
+    return np.clip((a - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb_uint8(image: np.ndarray, stretch: str | None = None) -> np.ndarray:
+    """Convert an array to ``H×W×3 uint8`` RGB following the rules in the module docstring."""
+    a = np.asarray(image)
+    if a.size == 0 or 0 in a.shape:
+        raise ImageError(f"the image is empty (shape {a.shape})")
+    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"expected an H×W, H×W×3 or H×W×4 image, got shape {a.shape}")
+    alpha = None
+    if a.shape[-1] == 4:
+        alpha, a = a[..., 3], a[..., :3]
+    if stretch in ("channel", "global"):
+        rgb = _stretch(a, per_channel=stretch == "channel")
+    elif stretch is not None:
+        raise ValueError(f"stretch must be None, 'channel' or 'global', not {stretch!r}")
+    elif a.dtype == np.uint8:
+        rgb = a
+    elif a.dtype == np.uint16:
+        rgb = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif a.dtype == bool:
+        rgb = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.integer):
+        rgb = np.clip(a, 0, 255).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        f = np.nan_to_num(a.astype(np.float32))
+        if f.max(initial=0.0) <= 1.0:
+            f = f * 255.0
+        rgb = np.clip(f + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image dtype {a.dtype}")
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    if alpha is not None:
+        if alpha.dtype == np.uint16:
+            alpha_f = alpha.astype(np.float32) / 65535.0
+        elif alpha.dtype == np.uint8:
+            alpha_f = alpha.astype(np.float32) / 255.0
+        else:
+            alpha_f = np.clip(alpha.astype(np.float32), 0, 1)
+        alpha_f = alpha_f[..., None]
+        rgb = np.clip(rgb.astype(np.float32) * alpha_f + 255.0 * (1.0 - alpha_f) + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Expand files, folders (their image files, sorted) and glob patterns into a list of paths."""
+    import glob
+
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        elif any(ch in item for ch in "*?["):
+            out.extend(sorted(Path(q) for q in glob.glob(item)))
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,184 @@
+"""Checkpoint formats: read any supported file, tell what it holds, and write histosam / micro-sam files.
+
+Supported inputs (detected from content, not from the file name):
+
+1. Meta's SAM ``.pth`` and the PathoSAM ``*_histopathology`` encoder files: a flat SAM state dict
+   (``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``).
+2. micro-sam / PathoSAM / bioimage.io exports: ``{"model_state": sam_state, "decoder_state": unetr_state}``
+   (``model_state`` keys may carry torch-em's ``sam.`` prefix; torch-em training checkpoints also hold optimiser
+   state, which is ignored).
+3. Separate decoder files (micro-sam ``*_decoder``): a flat dict of UNETR keys (``base.*``, ``decoder.*``,
+   ``deconv*``, ``out_conv.*``).
+4. histosam's own format: ``{"format": "histosam", "version": 1, "config": ModelConfig, "state_dict": ...}``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histosam.errors import CheckpointError
+
+HISTOSAM_FORMAT_VERSION = 1
+_DECODER_PREFIXES = ("base.", "decoder.", "deconv1.", "deconv2.", "deconv3.", "deconv4.", "deconv_out.",
+                     "decoder_head.", "out_conv.")
+
+
+@dataclass
+class CheckpointContents:
+    """What a checkpoint file holds, split into parts.
+
+    Attributes:
+        kind: ``"sam"`` (flat SAM), ``"micro_sam"``, ``"decoder"`` (decoder only) or ``"histosam"``.
+        sam_state: encoder + prompt encoder + mask decoder weights (SAM key names), or ``None``.
+        decoder_state: instance-decoder weights (UNETR / nano key names), or ``None``.
+        config: histosam :class:`~histosam.models.sam.ModelConfig` dict for ``"histosam"`` files.
+        extra: anything else worth keeping (e.g. training metadata).
+    """
+
+    kind: str
+    sam_state: dict[str, torch.Tensor] | None
+    decoder_state: dict[str, torch.Tensor] | None = None
+    config: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
+    """``torch.load`` a file on the CPU with ``weights_only=True`` and turn failures into clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg or "weights_only" in msg:
+            raise CheckpointError(
+                f"{path} contains pickled Python objects besides weights (e.g. a torch-em training checkpoint). "
+                "histosam loads weights only by default; if you trust the file, pass allow_pickle=True "
+                "(CLI: --allow-pickle)") from exc
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint: it is truncated or corrupt ({text})") \
+            from exc
+
+
+def _is_decoder_state(state: dict[str, Any]) -> bool:
+    keys = [k for k in state if not k.startswith("encoder.")]
+    return bool(keys) and all(k.startswith(_DECODER_PREFIXES) for k in keys)
+
+
+def _tensors_only(state: Any, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{where} is not a state dict of tensors")
+    return dict(state)
+
+
+def split_checkpoint(obj: Any, source: str = "checkpoint") -> CheckpointContents:
+    """Classify a loaded checkpoint object (see the module docstring for the formats)."""
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a model state dict")
+    if obj.get("format") == "histosam":
+        if obj.get("version", 0) > HISTOSAM_FORMAT_VERSION:
+            raise CheckpointError(f"{source} was written by a newer histosam (format version {obj['version']})")
+        state = _tensors_only(obj.get("state_dict"), f"{source}['state_dict']")
+        sam = {k: v for k, v in state.items() if not k.startswith("instance_decoder.")}
+        dec = {k[len("instance_decoder."):]: v for k, v in state.items() if k.startswith("instance_decoder.")}
+        extra = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
+        return CheckpointContents("histosam", sam, dec or None, dict(obj.get("config") or {}), extra)
+    if "model_state" in obj:
+        model_state = _tensors_only(obj["model_state"], f"{source}['model_state']")
+        model_state = {k[4:] if k.startswith("sam.") else k: v for k, v in model_state.items()}
+        dec = obj.get("decoder_state")
+        if dec is not None:
+            dec = {k: v for k, v in _tensors_only(dec, f"{source}['decoder_state']").items()
+                   if not k.startswith("encoder.")}
+        return CheckpointContents("micro_sam", model_state, dec or None)
+    state = _tensors_only(obj, source)
+    if any(k.startswith("image_encoder.") for k in state):
+        return CheckpointContents("sam", state)
+    if _is_decoder_state(state):
+        return CheckpointContents("decoder", None, {k: v for k, v in state.items() if not k.startswith("encoder.")})
+    sample = ", ".join(list(state)[:5])
+    raise CheckpointError(f"{source} is not a SAM, micro-sam, PathoSAM or histosam checkpoint (keys: {sample}, ...)")
+
+
+def vit_config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Infer the ViT hyper-parameters (embed_dim, depth, heads, global blocks, img_size, window) from weights."""
+    try:
+        embed_dim = state["image_encoder.patch_embed.proj.weight"].shape[0]
+        grid = state["image_encoder.pos_embed"].shape[1]
+    except KeyError as exc:
+        raise CheckpointError(f"the SAM state lacks {exc.args[0]!r}: not a ViT image encoder") from exc
+    blocks = sorted({int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+    depth = len(blocks)
+    head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    sizes = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0] for i in blocks]
+    global_idx = tuple(i for i, s in zip(blocks, sizes) if s == 2 * grid - 1)
+    windowed = [s for s in sizes if s != 2 * grid - 1]
+    window = (windowed[0] + 1) // 2 if windowed else 14
+    return dict(embed_dim=embed_dim, depth=depth, num_heads=embed_dim // head_dim, global_attn_indexes=global_idx,
+                img_size=grid * 16, window_size=window)
+
+
+def identify_architecture(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """``(architecture, overrides)`` for a SAM state dict: an official size when it matches, else overrides."""
+    from histosam.models.build import VIT_CONFIGS
+
+    if any(k.startswith("image_encoder.layers.") for k in state):
+        return "vit_t", {}
+    cfg = vit_config_from_state(state)
+    for name, ref in VIT_CONFIGS.items():
+        full = dict(img_size=1024, window_size=14)
+        full.update(ref)
+        if all(cfg[k] == (tuple(v) if isinstance(v, list | tuple) else v) for k, v in full.items()):
+            return name, {}
+    return "vit_b", cfg
+
+
+def decoder_kind(decoder_state: dict[str, torch.Tensor]) -> str:
+    """``"unetr"`` (ConvTranspose samplers, released decoders) or ``"unetr_interp"`` (bilinear + 1×1 conv)."""
+    transposed = any(".block." in k for k in decoder_state if k.startswith("decoder.samplers"))
+    return "unetr" if transposed else "unetr_interp"
+
+
+def save_histosam(model: torch.nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` in histosam's format atomically (config + weights + optional metadata)."""
+    payload = {"format": "histosam", "version": HISTOSAM_FORMAT_VERSION, "config": model.config.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload.update(extra or {})
+    return _atomic_torch_save(payload, Path(path))
+
+
+def export_micro_sam(model: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``{"model_state", "decoder_state"}`` as micro-sam's ``export_custom_sam_model`` does (ViT models)."""
+    if model.config.architecture not in ("vit_b", "vit_l", "vit_h", "vit_t", "tiny"):
+        raise CheckpointError(f"micro-sam cannot build a {model.config.architecture!r} model; export only ViT models")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("instance_decoder.")}
+    payload: dict[str, Any] = {"model_state": state}
+    if model.instance_decoder is not None:
+        payload["decoder_state"] = {k: v.detach().cpu() for k, v in model.instance_decoder.state_dict().items()}
+    return _atomic_torch_save(payload, Path(path))
+
+
+def _atomic_torch_save(payload: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

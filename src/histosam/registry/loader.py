@@ -1,0 +1,139 @@
+"""``load_model``: registry name or checkpoint path → a ready :class:`~histosam.models.sam.SegmentAnything`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histosam.errors import CheckpointError
+from histosam.models.build import build_from_config, build_model
+from histosam.models.sam import ModelConfig, SegmentAnything
+from histosam.registry import formats
+from histosam.registry.download import fetch
+from histosam.registry.entries import DEFAULT_MODEL, REGISTRY, URL_ALIASES, get_entry
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_files(name_or_path: str | os.PathLike) -> tuple[str, Path, Path | None]:
+    """``(model name, checkpoint path, separate decoder path or None)``, downloading registry files if needed."""
+    text = str(name_or_path)
+    if text in REGISTRY or text in URL_ALIASES:
+        entry = get_entry(text)
+        if entry.packaged:
+            path = PACKAGE_ROOT / entry.packaged
+            if not path.exists():
+                raise CheckpointError(f"the packaged model {entry.name} is missing from this installation ({path})")
+            return entry.name, path, None
+        path = fetch(entry.url, entry.filename, entry.hash)
+        decoder = fetch(entry.decoder_url, entry.decoder_filename, entry.decoder_hash) if entry.decoder_url else None
+        return entry.name, path, decoder
+    path = Path(text).expanduser()
+    if path.exists():
+        return path.stem, path, None
+    get_entry(text)  # raises the "unknown model" error listing the registry
+    raise AssertionError("unreachable")
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{what} does not fit the architecture: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+def model_from_contents(contents: formats.CheckpointContents, name: str = "",
+                        architecture: str | None = None) -> SegmentAnything:
+    """Build the architecture a checkpoint describes and load its weights strictly."""
+    if contents.kind == "histosam":
+        config = ModelConfig.from_dict(contents.config or {})
+        model = build_from_config(config)
+        _load_strict(model, {**contents.sam_state, **{f"instance_decoder.{k}": v for k, v in
+                                                       (contents.decoder_state or {}).items()}}, f"model {name!r}")
+    else:
+        if contents.sam_state is None:
+            raise CheckpointError(f"{name!r} holds only an instance decoder; load it together with its encoder "
+                                  "checkpoint (decoder=... / --decoder)")
+        arch, overrides = formats.identify_architecture(contents.sam_state)
+        if architecture and architecture != arch:
+            raise CheckpointError(f"{name!r} is a {arch} checkpoint, but {architecture} was requested")
+        dec_kind = formats.decoder_kind(contents.decoder_state) if contents.decoder_state else None
+        model = build_model(arch, instance_decoder=dec_kind, **overrides)
+        _load_strict(model.image_encoder, _strip(contents.sam_state, "image_encoder."), f"{name!r} image encoder")
+        _load_strict(model.prompt_encoder, _strip(contents.sam_state, "prompt_encoder."), f"{name!r} prompt encoder")
+        _load_strict(model.mask_decoder, _strip(contents.sam_state, "mask_decoder."), f"{name!r} mask decoder")
+        other = [k for k in contents.sam_state if not k.startswith(("image_encoder.", "prompt_encoder.",
+                                                                     "mask_decoder."))]
+        if other:
+            raise CheckpointError(f"{name!r} has unexpected keys outside SAM's modules (e.g. {other[0]})")
+        if contents.decoder_state:
+            _load_strict(model.instance_decoder, contents.decoder_state, f"{name!r} instance decoder")
+    model.config.name = name or model.config.name
+    return model
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None, decoder: str | os.PathLike | None = None,
+               bn_mode: str = "batch_stats", allow_pickle: bool = False,
+               architecture: str | None = None, require_decoder: bool = False) -> SegmentAnything:
+    """Load a model by registry name (``histosam models``) or from a checkpoint file of any supported format.
+
+    Args:
+        name_or_path: registry name, URL alias, or path; ``None`` = the embedded default (``histosam-nano``).
+        device: ``"cpu"``, ``"cuda"``, ...; default CUDA when available.
+        dtype: cast the weights (e.g. ``torch.bfloat16``); default keeps fp32 (the predictor uses autocast).
+        decoder: a separate instance-decoder file (micro-sam ``*_decoder.pt``).
+        bn_mode: UNETR BatchNorm behaviour: ``"batch_stats"`` (micro-sam parity) or ``"eval"``.
+        allow_pickle: allow files with pickled Python objects (trusted torch-em training checkpoints).
+        architecture: fail unless the checkpoint is this architecture.
+        require_decoder: fail unless the model has an instance decoder (needed for AIS).
+    Returns:
+        the model in eval mode. ``model.config.name`` names it; ``model.checkpoint_path`` says where it came from.
+    """
+    name, path, registry_decoder = resolve_files(name_or_path or DEFAULT_MODEL)
+    contents = formats.split_checkpoint(formats.read_checkpoint(path, allow_pickle), str(path))
+    decoder_path = decoder or registry_decoder
+    if decoder_path is not None:
+        dec = formats.split_checkpoint(formats.read_checkpoint(decoder_path, allow_pickle), str(decoder_path))
+        if dec.decoder_state is None:
+            raise CheckpointError(f"{decoder_path} holds no instance decoder")
+        contents.decoder_state = dec.decoder_state
+    model = model_from_contents(contents, name, architecture)
+    if require_decoder and model.instance_decoder is None:
+        raise CheckpointError(f"model {name!r} has no instance decoder (AIS needs one): use a PathoSAM/micro-sam "
+                              "checkpoint with 'decoder_state', pass decoder=PATH, or use AMG")
+    if model.instance_decoder is not None and hasattr(model.instance_decoder, "set_bn_mode"):
+        model.instance_decoder.set_bn_mode(bn_mode)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device=device, dtype=dtype).eval()
+    model.checkpoint_path = str(path)
+    return model
+
+
+def describe(model: SegmentAnything) -> dict[str, Any]:
+    """Provenance of a loaded model: name, architecture, file, and the file's sha256."""
+    from histosam.registry.download import file_hash
+
+    path = getattr(model, "checkpoint_path", None)
+    return {"name": model.config.name, "architecture": model.config.architecture,
+            "instance_decoder": model.config.instance_decoder, "checkpoint": path,
+            "sha256": file_hash(path, "sha256") if path and Path(path).is_file() else None}

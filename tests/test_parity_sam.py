@@ -1,0 +1,143 @@
+"""Parity with Meta's segment-anything on identical random weights saved in the official format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reference_shims import install_torchvision_shim
+
+install_torchvision_shim()
+pytest.importorskip("segment_anything")
+
+import histosam  # noqa: E402
+from reference_models import TINY, VIT_B, reference_sam, save_sam  # noqa: E402
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+    return np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    ref = reference_sam(TINY)
+    path = save_sam(ref, tmp_path_factory.mktemp("ckpt") / "tiny_sam.pth")
+    return ref, histosam.load_model(path, device="cpu")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def test_loads_official_flat_format(tiny_pair):
+    ref, model = tiny_pair
+    assert model.config.architecture == "tiny"
+    ours = model.state_dict()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours[k], v), k
+
+
+def test_embedding_parity_fp32(tiny_pair):
+    from segment_anything import SamPredictor
+
+    ref, model = tiny_pair
+    img = _image(200, 300)
+    rp = SamPredictor(ref)
+    rp.set_image(img)
+    pred = histosam.Predictor(model, precision="fp32")
+    pred.set_image(img)
+    a, b = rp.get_image_embedding(), pred.get_image_embedding()
+    assert a.shape == b.shape == (1, 256, 16, 16)
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+    assert cos >= 0.9999
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_paths_agree(tiny_pair, fused):
+    _, model = tiny_pair
+    for blk in model.image_encoder.blocks:
+        blk.attn.fused = fused
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        out = model.image_encoder(x)
+    for blk in model.image_encoder.blocks:
+        blk.attn.fused = True
+    with torch.no_grad():
+        ref = model.image_encoder(x)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prompt", ["point", "points", "box", "box_points", "mask"])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_mask_parity(tiny_pair, prompt, multimask):
+    from segment_anything import SamPredictor
+
+    ref, model = tiny_pair
+    img = _image(200, 300, seed=3)
+    rp = SamPredictor(ref)
+    rp.set_image(img)
+    pred = histosam.Predictor(model, precision="fp32")
+    pred.set_image(img)
+    kw: dict = {}
+    if prompt == "point":
+        kw = dict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1]))
+    elif prompt == "points":
+        kw = dict(point_coords=np.array([[120.0, 80.0], [30.0, 150.0], [250.0, 20.0]]),
+                  point_labels=np.array([1, 0, 1]))
+    elif prompt in ("box", "box_points"):
+        kw = dict(box=np.array([40.0, 30.0, 220.0, 170.0]))
+        if prompt == "box_points":
+            kw.update(point_coords=np.array([[100.0, 100.0]]), point_labels=np.array([0]))
+    else:
+        _, _, low = rp.predict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1]),
+                               multimask_output=False)
+        kw = dict(point_coords=np.array([[120.0, 80.0]]), point_labels=np.array([1]), mask_input=low)
+    masks_ref, iou_ref, low_ref = rp.predict(multimask_output=multimask, **kw)
+    ours = pred.predict(points=kw.get("point_coords"), labels=kw.get("point_labels"), box=kw.get("box"),
+                        mask_input=kw.get("mask_input"), multimask=multimask)
+    assert ours.masks.shape == (1, *masks_ref.shape)
+    for c in range(masks_ref.shape[0]):
+        assert _iou(ours.masks[0, c], masks_ref[c]) >= 0.99
+    np.testing.assert_allclose(ours.scores[0], iou_ref, atol=1e-4)
+    np.testing.assert_allclose(ours.low_res_logits[0], low_ref, atol=1e-3 * max(1.0, np.abs(low_ref).max()))
+
+
+def test_batched_prompts_equal_single(tiny_pair):
+    _, model = tiny_pair
+    img = _image(256, 256, seed=5)
+    pred = histosam.Predictor(model, precision="fp32")
+    pred.set_image(img)
+    pts = np.array([[[50.0, 60.0]], [[200.0, 100.0]], [[120.0, 220.0]]])
+    batched = pred.predict(points=pts, labels=np.ones((3, 1)), multimask=True)
+    for i in range(3):
+        single = pred.predict(points=pts[i], labels=np.ones(1), multimask=True)
+        np.testing.assert_allclose(batched.scores[i], single.scores[0], atol=1e-5)
+        assert (batched.masks[i] == single.masks[0]).mean() > 0.999
+
+
+@pytest.mark.slow
+def test_vit_b_parity(tmp_path):
+    from segment_anything import SamPredictor
+
+    ref = reference_sam(VIT_B)
+    model = histosam.load_model(save_sam(ref, tmp_path / "sam_vit_b.pth"), device="cpu")
+    assert model.config.architecture == "vit_b"
+    img = _image(600, 800)
+    rp = SamPredictor(ref)
+    rp.set_image(img)
+    pred = histosam.Predictor(model, precision="fp32")
+    pred.set_image(img)
+    a, b = rp.get_image_embedding(), pred.get_image_embedding()
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) >= 0.9999
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+    m_ref, iou_ref, _ = rp.predict(point_coords=np.array([[300.0, 200.0]]), point_labels=np.array([1]))
+    ours = pred.predict(points=np.array([[300.0, 200.0]]), multimask=True)
+    for c in range(3):
+        assert _iou(ours.masks[0, c], m_ref[c]) >= 0.99
+    np.testing.assert_allclose(ours.scores[0], iou_ref, atol=1e-4)
