@@ -56,7 +56,7 @@ def reference_unetr(encoder, conv_transpose: bool = True, seed: int = 1, out_cha
                             use_sam_stats=True, final_activation="Sigmoid", use_skip_connection=False,
                             resize_input=True, use_conv_transpose=conv_transpose)
     with torch.no_grad():
-        for name, m in unetr.named_modules():
+        for m in unetr.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.5)
                 m.running_var.uniform_(0.5, 2.0)

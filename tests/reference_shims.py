@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import types
@@ -95,6 +96,4 @@ def import_torch_em_unetr():
     model_pkg = types.ModuleType("torch_em.model")
     model_pkg.__path__ = [f"{root}/model"]
     sys.modules.setdefault("torch_em.model", model_pkg)
-    import importlib
-
     return importlib.import_module("torch_em.model.unetr")

@@ -37,7 +37,7 @@ def classical_nuclei(
     peak_distance_um: float = 2.0,
     distance_sigma_um: float = 0.5,
     min_area_um2: float = 8.0,
-    max_area_um2: float | None = 400.0,
+    max_area_um2: float | None = 200.0,
 ) -> np.ndarray:
     """Segment nuclei; returns uint32 labels H×W (0 background, 1..N).
 

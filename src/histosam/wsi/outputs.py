@@ -15,29 +15,26 @@ Object ids are ``1..N`` in (chunk raster order, first pixel raster order): indep
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import gzip
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
+from shapely.geometry import Polygon
+
+from histosam.io.atomic import atomic_path, atomic_write
+from histosam.io.geojson import GeoJSONWriter, feature
 
 COLUMNS = ["id", "chunk", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "area_px"]
-_NS = uuid.UUID("8f0c7a4e-6b1d-4c5e-9a57-3d2f1b0e9c11")
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def atomic_json(path: str | os.PathLike, data: dict) -> Path:
-    path = Path(path)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
+    return Path(path)
 
 
 class SlideOutputWriter:
@@ -65,9 +62,12 @@ class SlideOutputWriter:
         }
         if csv_table:
             self.paths["csv"] = self.outdir / f"{stem}.csv"
-        self._tmps = {k: _tmp(p) for k, p in self.paths.items()}
-        self._gz = gzip.open(self._tmps["geojson"], "wt", encoding="utf-8", compresslevel=6)
-        self._gz.write('{"type": "FeatureCollection", "features": [\n')
+        if thumb is None:
+            del self.paths["overlay"]
+        self._stack = contextlib.ExitStack()
+        self._tmps = {k: self._stack.enter_context(atomic_path(p)) for k, p in self.paths.items()
+                      if k != "geojson"}
+        self._gj = GeoJSONWriter(self.paths["geojson"])
         self._schema = pa.schema([("id", pa.int64()), ("chunk", pa.int64()), ("centroid_x", pa.float64()),
                                   ("centroid_y", pa.float64()), ("area_um2", pa.float64()),
                                   ("perimeter_um", pa.float64()), ("area_px", pa.int64())])
@@ -81,7 +81,7 @@ class SlideOutputWriter:
         self._img = Image.fromarray(thumb) if thumb is not None else None
         self._draw = ImageDraw.Draw(self._img) if self._img is not None else None
         self._scale = thumb_scale
-        self._class = {"name": classification, "color": [200, 0, 200]}
+        self._class = (classification, (200, 0, 200))
         self.n = 0
 
     def add_chunk(self, chunk: int, records: list[dict]) -> None:
@@ -90,19 +90,8 @@ class SlideOutputWriter:
         for rec in records:
             self.n += 1
             oid = self.n
-            feat = {
-                "type": "Feature",
-                "id": str(uuid.uuid5(_NS, f"{self.stem}:{oid}")),
-                "geometry": {"type": "Polygon", "coordinates": [rec["polygon"]]},
-                "properties": {
-                    "objectType": "detection",
-                    "classification": self._class,
-                    "measurements": {"histosam id": oid, "Area µm^2": rec["area_um2"],
-                                     "Perimeter µm": rec["perimeter_um"]},
-                },
-            }
-            self._gz.write(("" if oid == 1 else ",\n") + json.dumps(feat, separators=(",", ":"),
-                                                                    ensure_ascii=False))
+            meas = {"histosam id": oid, "Area µm^2": rec["area_um2"], "Perimeter µm": rec["perimeter_um"]}
+            self._gj.add([feature(Polygon(rec["polygon"]), oid, meas, self._class, id_namespace=self.stem)])
             vals = [oid, chunk, rec["centroid"][0], rec["centroid"][1], rec["area_um2"],
                     rec["perimeter_um"], rec["area_px"]]
             for c, v in zip(COLUMNS, vals):
@@ -117,30 +106,24 @@ class SlideOutputWriter:
 
     def close(self) -> dict[str, Path]:
         """Finish all files and move them into place; returns their paths."""
-        self._gz.write("\n]}\n")
-        self._gz.close()
+        self._gj.close()
         self._pq.close()
         if self._csv_f is not None:
             self._csv_f.close()
         if self._img is not None:
             self._img.save(self._tmps["overlay"], format="PNG")
-        else:
-            self.paths.pop("overlay")
-        for k, p in self.paths.items():
-            os.replace(self._tmps[k], p)
+        self._stack.close()
         return dict(self.paths)
 
     def abort(self) -> None:
         """Drop the temp files (after an error)."""
-        for f in (self._gz, self._csv_f):
-            try:
+        self._gj.abort()
+        for f in (self._csv_f,):
+            with contextlib.suppress(Exception):
                 if f is not None:
                     f.close()
-            except Exception:  # noqa: BLE001
-                pass
-        try:
+        with contextlib.suppress(Exception):
             self._pq.close()
-        except Exception:  # noqa: BLE001
-            pass
-        for p in self._tmps.values():
-            p.unlink(missing_ok=True)
+        err = RuntimeError("aborted")
+        with contextlib.suppress(RuntimeError):
+            self._stack.__exit__(RuntimeError, err, None)
