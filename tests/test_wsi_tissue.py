@@ -69,7 +69,7 @@ def test_synthetic_slide_mask_and_fraction(tmp_path):
     back = np.array(Image.open(out))
     assert back.dtype == np.uint8 and set(np.unique(back)) <= {0, 255}
     np.testing.assert_array_equal(back > 0, tm.mask)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "s.tif"]
 
 
 def test_iou_resizes():

@@ -51,10 +51,11 @@ class TissueMask:
         """Write the mask as an 8-bit PNG (0 / 255), atomically."""
         from PIL import Image
 
+        from histosam.io.atomic import atomic_path
+
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(self.mask.astype(np.uint8) * 255).save(tmp, format="PNG")
         return path
 
 
