@@ -50,9 +50,13 @@ def render_region(
     x0: int, y0: int, w: int, h: int, patches: Sequence[tuple[float, float, float, float]]
 ) -> np.ndarray:
     """Draw the level-0 region ``[x0, x0+w) x [y0, y0+h)``; returns ``h x w x 3`` uint8 RGB."""
-    ys, xs = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     out = np.empty((h, w, 3), np.uint8)
     out[:] = BACKGROUND
+    margin = 2 * LATTICE
+    if not any(x0 < cx + rx + margin and cx - rx - margin < x0 + w and y0 < cy + ry + margin
+               and cy - ry - margin < y0 + h for cx, cy, rx, ry in patches):
+        return out  # far from every tissue patch
+    ys, xs = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     tissue = _in_tissue(xs + 0.5, ys + 0.5, patches)
     if not tissue.any():
         return out
