@@ -37,8 +37,8 @@ def test_cli_errors(slide, tmp_path, capsys):
     assert main(["slide", str(bad), str(slide), "-o", str(tmp_path / "o"), *FAST]) == 1
     err = capsys.readouterr().err
     assert "bad.svs: error: cannot open slide" in err and "1 done, 0 skipped, 1 failed" in err
-    assert main(["slide", str(slide), "-o", str(tmp_path / "o")]) == 2
-    assert "give --model" in capsys.readouterr().err
+    assert main(["slide", str(slide), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt" in capsys.readouterr().err
     assert main(["slide", str(slide), "-o", str(tmp_path / "o"), "--roi", "1,2,x,4", *FAST]) == 2
     assert "ROI box" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -25,7 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="slide files, folders, glob patterns or CSV lists (path[,mpp])")
     p.add_argument("-o", "--output", required=True, help="output folder")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="registered model name or checkpoint path")
+    g.add_argument("--model", default=None,
+                   help="registered model name or checkpoint path (default: the embedded default model)")
     g.add_argument("--fake-model", action="store_true",
                    help="debug: model-free colour-threshold predictor (no network needed)")
     g.add_argument("--device", default=None, help="torch device (default: automatic)")
@@ -72,11 +73,9 @@ def run(args: argparse.Namespace) -> int:
         from histosam.wsi.fake import colour_threshold_maps
 
         predict, model_name = colour_threshold_maps, "fake-colour-threshold"
-    elif args.model:
-        predict, model_name = ModelMaps(args.model, args.device), args.model
-        params = predict.postprocess  # loads the model now: a bad name fails before any slide
     else:
-        raise HistosamError("give --model NAME|PATH (or --fake-model for a model-free dry run)")
+        predict, model_name = ModelMaps(args.model, args.device), args.model or "default"
+        params = predict.postprocess  # loads the model now: a bad name fails before any slide
     roi = parse_roi(args.roi)
     client = cluster = None
     if args.workers and args.workers > 0:

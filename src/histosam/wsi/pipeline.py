@@ -13,7 +13,6 @@ not on the slide size; a killed run resumes from the committed chunks and ends w
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import platform
@@ -42,35 +41,29 @@ class NoTissueWarning(UserWarning):
 
 
 class ModelMaps:
-    """Picklable ``predict_maps`` for a histosam model; the model loads lazily once per process."""
+    """Picklable ``predict_maps`` for a histosam model (``None`` = the default model); the model loads
+    lazily, once per process (each Dask worker loads its own copy)."""
 
-    def __init__(self, model: str, device: str | None = None) -> None:
+    def __init__(self, model: str | None = None, device: str | None = None) -> None:
         self.model, self.device = model, device
 
     def _load(self):
         key = (self.model, self.device)
         if key not in _MODEL_CACHE:
-            import histosam
+            from histosam.inference.maps import make_map_predictor
+            from histosam.registry.loader import load_model
 
-            kwargs = {"device": self.device} if self.device else {}
-            try:
-                _MODEL_CACHE[key] = histosam.load_model(self.model, **kwargs)
-            except TypeError:
-                _MODEL_CACHE[key] = histosam.load_model(self.model)
+            model = load_model(self.model, device=self.device, require_decoder=True)
+            _MODEL_CACHE[key] = (model, make_map_predictor(model, device=self.device))
         return _MODEL_CACHE[key]
 
     def __call__(self, tiles):
-        from histosam.inference.maps import predict_instance_maps
-
-        model = self._load()
-        kw = {}
-        if self.device and "device" in inspect.signature(predict_instance_maps).parameters:
-            kw["device"] = self.device
-        return predict_instance_maps(model, tiles, **kw)
+        return self._load()[1](tiles)
 
     @property
     def postprocess(self) -> dict:
-        cfg = getattr(self._load(), "config", None)
+        """AIS parameters that travel with the model (``model.config.postprocess``)."""
+        cfg = getattr(self._load()[0], "config", None)
         return dict(getattr(cfg, "postprocess", None) or {})
 
 
