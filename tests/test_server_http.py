@@ -289,16 +289,41 @@ def test_token_header_and_path_prefix(fake, weights):
         _error(c.get("/t/wrong/sam/weights/"), 401, "token")
 
 
-def test_geometry_exact_on_random_labels():
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize("kind", ["4-connected", "8-connected", "touching labels"])
+def test_geometry_exact_on_random_labels(kind):
     from skimage.measure import label
 
-    lab = label(rng.random((50, 70)) > 0.55, connectivity=1)
-    geoms = labels_to_geometries(lab)
-    assert sorted(geoms) == list(range(1, lab.max() + 1))
-    for i, g in geoms.items():
-        assert g.is_valid and g.area == (lab == i).sum()
-        np.testing.assert_array_equal(geometry_to_mask(g, lab.shape), lab == i)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = rng.random((30, 40)) > rng.uniform(0.3, 0.7)
+        if kind == "touching labels":
+            lab = rng.integers(0, 4, m.shape) * m
+        else:
+            lab = label(m, connectivity=1 if kind == "4-connected" else 2)
+        geoms = labels_to_geometries(lab)
+        assert sorted(geoms) == [i for i in np.unique(lab) if i]
+        for i, g in geoms.items():
+            assert g.is_valid and g.area == (lab == i).sum()
+            np.testing.assert_array_equal(geometry_to_mask(g, lab.shape), lab == i)
+
+
+def test_geometry_hand_made_shapes():
+    from histosam.server.geometry import mask_to_geometry
+
+    ring = np.zeros((5, 5), bool)
+    ring[1:4, 1:4] = True
+    ring[2, 2] = False  # square with a one-pixel hole
+    g = mask_to_geometry(ring)
+    assert g.geom_type == "Polygon" and len(g.interiors) == 1 and g.area == 8
+    assert sorted(g.exterior.coords[:-1]) == [(1, 1), (1, 4), (4, 1), (4, 4)]  # collinear vertices removed
+    diag = np.eye(3, dtype=bool)  # corner-touching pixels are separate pieces
+    g = mask_to_geometry(diag)
+    assert g.geom_type == "MultiPolygon" and len(g.geoms) == 3 and g.is_valid
+    pinch = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1]], bool)  # a loop closed only through corners
+    g = mask_to_geometry(pinch)
+    assert g.is_valid and g.area == 6
+    np.testing.assert_array_equal(geometry_to_mask(g, pinch.shape), pinch)
+    assert mask_to_geometry(np.zeros((4, 4), bool)) is None
 
 
 def test_png_roundtrip_helper():
