@@ -213,3 +213,15 @@ def test_cohort_skips_finished_and_survives_bad_slide(slide, tmp_path):
     assert status[str(good)] == "skipped" and status[str(folder / "b.svs")].startswith("error")
     with pytest.raises(SlideError):
         segment_slide(folder / "b.svs", tmp_path / "x", colour_threshold_maps, **OPTS)
+
+
+def test_polygon_roi_keeps_objects_starting_inside(slide, tmp_path):
+    diamond = [[650, 400], [1000, 650], [650, 900], [300, 650], [650, 400]]
+    p = tmp_path / "roi.geojson"
+    p.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [diamond]}}))
+    roi = parse_roi(str(p))
+    segment_slide(slide, tmp_path / "o", colour_threshold_maps, roi=roi, use_tissue=False, **OPTS)
+    got = {(r["first"][0] + 400, r["first"][1] + 300, r["area_px"]) for r in _records(tmp_path / "o")}
+    inside = roi.mask(0, 0, 1400, 1000)
+    ref = {o for o in _untiled(slide, (300, 400, 700, 500)) if inside[o[0], o[1]]}
+    assert got == ref and 20 < len(got) < len(_untiled(slide, (300, 400, 700, 500)))

@@ -71,8 +71,8 @@ class SlidePlan:
         x, y, w, h = rx + box.c0, ry + box.r0, box.c1 - box.c0, box.r1 - box.r0
         if self.roi is not None:
             s = self.scale
-            m = self.roi.mask(x * s, y * s, max(1, -(-w // 16)), max(1, -(-h // 16)), scale=16 * s)
-            if not m.any():
+            margin = (self.halo + self.context) * s  # keep context around objects at the ROI edge
+            if not self.roi.intersects_box(x * s, y * s, w * s, h * s, margin=margin):
                 return False
         return self.tissue is None or self.tissue.fraction(x, y, w, h, self.target_mpp) > 0
 

@@ -36,6 +36,22 @@ class Roi:
     def bbox(self) -> tuple[float, float, float, float]:
         return (self.x, self.y, self.w, self.h)
 
+    def intersects_box(self, x: float, y: float, w: float, h: float, margin: float = 0.0) -> bool:
+        """Whether the level-0 box ``(x, y, w, h)`` meets the ROI grown by ``margin`` level-0 px."""
+        if x > self.x + self.w + margin or y > self.y + self.h + margin:
+            return False
+        if x + w < self.x - margin or y + h < self.y - margin:
+            return False
+        if not self.polygons:
+            return True
+        from shapely.geometry import Polygon, box
+        from shapely.ops import unary_union
+
+        cache = self.__dict__.setdefault("_grown", {})
+        if margin not in cache:
+            cache[margin] = unary_union([Polygon(r).buffer(margin) for r in self.polygons])
+        return bool(cache[margin].intersects(box(x, y, x + w, y + h)))
+
     def mask(self, x0: float, y0: float, w: int, h: int, scale: float = 1.0) -> np.ndarray:
         """Boolean ``h x w`` mask on the grid whose pixel ``(j, i)`` is level-0 point
         ``(x0 + (j + .5) * scale, y0 + (i + .5) * scale)``; a box ROI is its rectangle."""
