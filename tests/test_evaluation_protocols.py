@@ -174,3 +174,13 @@ def test_click_protocol_exact():
     res2 = P.click_protocol(FakePredictor(radius=2), np.zeros((10, 30, 3), np.uint8), bar, max_clicks=6)
     assert res2.ious[0, 0] < res2.ious[0, -1]
     assert P.noc_per_object(res2.ious, 0.99)[0] == 6
+
+
+def test_empty_gt_makes_no_calls():
+    img = np.zeros((8, 8, 3), np.uint8)
+    gt = np.zeros((8, 8), np.uint32)
+    fake = FakePredictor()
+    res = P.iterative_prompting(fake, img, gt, n_iterations=2)
+    assert res.n_objects == 0 and res.msa == [0.0, 0.0] and fake.calls == []
+    clicks = P.click_protocol(fake, img, gt, max_clicks=4)
+    assert clicks.ious.shape == (0, 4) and np.isnan(clicks.noc(0.9)) and fake.calls == []

@@ -38,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-iterations", type=int, default=8, help="iterative prompting iterations")
     p.add_argument("--use-masks", action="store_true", help="feed back low-res logits (iterative)")
     p.add_argument("--max-clicks", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=None, help="objects per predict call")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="objects per predict call (0 = all at once; use 1 for per-click latency as SPC)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
     return p
