@@ -158,7 +158,8 @@ def test_noc_nof():
     r = P.ClickResult(ious, predict_seconds=0.9, n_clicks=9)
     assert r.noc(0.85) == pytest.approx(2.0) and r.noc(0.9) == pytest.approx((3 + 3 + 1) / 3)
     assert r.nof(0.9) == pytest.approx(1 / 3) and r.nof(0.8) == 0.0
-    assert r.spc == pytest.approx(0.1)
+    assert r.spc == pytest.approx(0.1) and r.spc_with_embedding == pytest.approx(0.1)
+    assert P.ClickResult(ious, 0.9, 9, embed_seconds=0.9).spc_with_embedding == pytest.approx(0.2)
 
 
 def test_click_protocol_exact():

@@ -169,6 +169,7 @@ def _clicks(predictor, image, gt, args, extra) -> dict:
     extra.setdefault("clicks", []).append(res.ious)
     return {"n_gt": len(res.ious), "NoC@80": res.noc(0.8), "NoC@85": res.noc(0.85), "NoC@90": res.noc(0.9),
             "NoF@85": res.nof(0.85), "NoF@90": res.nof(0.9), "SPC": res.spc,
+            "SPC_with_embedding": res.spc_with_embedding,
             "mIoU@1": float(res.ious[:, 0].mean()) if len(res.ious) else float("nan")}
 
 
