@@ -153,23 +153,63 @@ def test_concurrent_clients_get_their_own_answers(server, model, image):
         _check_same(results[i], masks, scores)
 
 
-def test_automask_one_feature_per_instance(server, model, image):
-    segment_mod = pytest.importorskip("histosam.segment")
-    client, _ = server
-    body = {"type": "vit_t", "b64img": encode_png_b64(image), "points_per_side": 8, "points_per_batch": 64,
-            "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "stability_score_offset": 1.0,
-            "box_nms_thresh": 0.7, "crop_n_layers": 0, "crop_nms_thresh": 0.7,
+AMG_BODY = {"points_per_side": 4, "points_per_batch": 64, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+            "stability_score_offset": 1.0, "box_nms_thresh": 0.7, "crop_n_layers": 0, "crop_nms_thresh": 0.7,
             "crop_overlap_ratio": 512 / 1500, "crop_n_points_downscale_factor": 1, "min_mask_region_area": 0,
             "output_type": "Single Mask", "include_image_edge": False}
-    r = client.post("/sam/automask/", json=body)
-    assert r.status_code == 200, r.text
-    from histosam.server.backend import _call_with_supported
 
-    params = {k: v for k, v in body.items() if k not in ("type", "b64img", "output_type", "include_image_edge")}
-    labels = _call_with_supported(segment_mod.segment, image, model=model, mode="amg", **params)
+
+def test_automask_amg_matches_segment(server, model, image):
+    """A model without an instance decoder runs AMG with the client's parameters: same labels as Python."""
+    client, _ = server
+    r = client.post("/sam/automask/", json={"type": "vit_t", "b64img": encode_png_b64(image), **AMG_BODY})
+    assert r.status_code == 200, r.text
+    params = {k: v for k, v in AMG_BODY.items() if k not in ("output_type", "include_image_edge")}
+    labels = histosam.segment(image, model=model, mode="amg", **params)
     ids = [int(i) for i in np.unique(labels) if i != 0]
     feats = r.json()
-    assert [f["properties"]["object_idx"] for f in feats] == ids
+    assert ids and [f["properties"]["object_idx"] for f in feats] == ids
     for f in feats:
         mask = geometry_to_mask(to_shape(f["geometry"]), (H, W))
         np.testing.assert_array_equal(mask, labels == f["properties"]["object_idx"])
+
+
+def test_automask_uses_ais_when_model_has_decoder(image, monkeypatch):
+    """With an instance decoder the server calls segment(mode="ais") without AMG parameters; one Feature
+    per instance (segment is replaced by a thresholding stand-in: random decoder weights find nothing)."""
+    from skimage.measure import label
+
+    import histosam.automatic
+
+    torch.manual_seed(0)
+    model = build_model("tiny", instance_decoder="unetr").eval()
+    calls = []
+
+    def fake_segment(img, model=None, mode="ais", **params):
+        calls.append((mode, params, model))
+        return label(img.mean(axis=2) < 150).astype(np.uint32)
+
+    monkeypatch.setattr(histosam.automatic, "segment", fake_segment)
+    weights = WeightsTable()
+    weights.add(WeightEntry(type="vit_b", name="with-decoder", url="local:dec", factory=lambda: model))
+    with running_server(create_app(HistosamBackend(), weights)) as base:
+        body = {"type": "vit_b", "b64img": encode_png_b64(image), **AMG_BODY}
+        feats = httpx.post(f"{base}/sam/automask/", json=body, timeout=120).json()
+    assert calls == [("ais", {}, model)]
+    expected = label(image.mean(axis=2) < 150)
+    assert len(feats) == expected.max() > 5  # one Feature per dark disc
+    for f in feats:
+        mask = geometry_to_mask(to_shape(f["geometry"]), (H, W))
+        np.testing.assert_array_equal(mask, expected == f["properties"]["object_idx"])
+
+
+def test_bad_checkpoint_is_a_clear_4xx(server, image, tmp_path):
+    client, _ = server
+    bogus = tmp_path / "not_a_model.pth"
+    bogus.write_bytes(b"this is not a torch checkpoint")
+    r = client.post("/sam/weights/", json={"type": "vit_b", "name": "bogus", "url": str(bogus)})
+    assert r.status_code == 200
+    body = {"type": "vit_b", "b64img": encode_png_b64(image), "bbox": [1, 1, 20, 20], "checkpoint_url": str(bogus)}
+    r = client.post("/sam/", json=body)
+    assert 400 <= r.status_code < 500, r.text
+    assert "not_a_model.pth" in r.json()["detail"] and "Traceback" not in r.text

@@ -102,8 +102,17 @@ class HistosamBackend:
             model = entry.factory()
         else:
             import histosam
+            from histosam.errors import CheckpointError, HistosamError
 
-            model = histosam.load_model(entry.source or entry.url, device=self.device)
+            source = entry.source or entry.url
+            try:
+                model = histosam.load_model(source, device=self.device)
+            except HistosamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - user-supplied weights: any failure is their file's
+                raise CheckpointError(
+                    f"cannot load weights {entry.name!r} from {source}: {type(exc).__name__}: {exc}"
+                ) from exc
         model.eval()
         self._models[entry.url] = model
         while len(self._models) > self.max_models:
