@@ -99,9 +99,12 @@ def test_equals_untiled_run(slide, tmp_path):
     assert prov2["chunks_computed_this_run"] == 0 and _outputs(tmp_path) == before
 
 
-def test_roi_box_equals_untiled_crop(slide, tmp_path):
+@pytest.mark.parametrize("context", [64, 8, 4])
+def test_roi_box_equals_untiled_crop(slide, tmp_path, context):
+    # context 8 or 4: clumps at chunk borders are cut at first and those chunks are redone with more context
     roi = parse_roi("300,400,700,500")
-    segment_slide(slide, tmp_path, colour_threshold_maps, roi=roi, use_tissue=False, **OPTS)
+    opts = {**OPTS, "chunk": 256, "context": context}
+    segment_slide(slide, tmp_path, colour_threshold_maps, roi=roi, use_tissue=False, **opts)
     got = {(r["first"][0] + 400, r["first"][1] + 300, r["area_px"]) for r in _records(tmp_path)}
     assert got == _untiled(slide, (300, 400, 700, 500)) and len(got) > 50
 

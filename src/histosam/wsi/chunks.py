@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -160,25 +162,46 @@ def process_chunks(
             read_region = fetcher
         assembler = MapAssembler(grid, read_region, predict_maps, batch_size=plan.batch_size,
                                  tile_filter=tile_filter, schedule=schedule, cache_mb=cache_mb)
-        for step, i in enumerate(indices):
-            inner = chunks[i].inner
+        pool = ThreadPoolExecutor(1, thread_name_prefix="histosam-post")
+        pending: deque = deque()
+
+        def post(maps, maps_box, read_box, inner, i, ctx):
+            res, n_inc = postprocess_chunk(maps, maps_box, read_box, inner, shape, params, index=i, context=ctx)
+            return res, n_inc, (chunk_records(plan, res) if n_inc == 0 else None)
+
+        def finish(i, inner, fut):
+            res, n_inc, recs = fut.result()
             ctx = plan.context
-            while True:
+            while n_inc and ctx < plan.max_context and inner.grow(ctx, shape) != Box(0, 0, *shape):
+                ctx = min(max(2 * ctx, 16), plan.max_context)  # rare: redo with more context, in this thread
                 read_box = inner.grow(ctx, shape)
                 maps_box = read_box.grow(r, shape)
-                maps = assembler.maps_for(maps_box)
-                res, n_inc = postprocess_chunk(maps, maps_box, read_box, inner, shape, params,
-                                               index=i, context=ctx)
-                if n_inc == 0 or ctx >= plan.max_context or read_box == Box(0, 0, *shape):
-                    break
-                ctx = min(2 * ctx, plan.max_context)
+                res, n_inc = postprocess_chunk(assembler.maps_for(maps_box), maps_box, read_box, inner, shape,
+                                               params, index=i, context=ctx)
+                recs = None
             if n_inc:
                 warnings.warn(f"{plan.path}: chunk {i}: {n_inc} object(s) cut by the chunk context "
-                              f"({ctx} px); raise context", stacklevel=2)
-            assembler.release(step)
-            stats["tiles_predicted"] = assembler.tiles_predicted
-            stats["tiles_skipped"] = assembler.tiles_skipped
-            yield i, chunk_records(plan, res)
+                              f"({ctx} px); raise context", stacklevel=3)
+            return i, (chunk_records(plan, res) if recs is None else recs)
+
+        try:
+            # maps of chunk k+1 are predicted while chunk k is post-processed in the pool thread
+            for step, i in enumerate(indices):
+                inner = chunks[i].inner
+                read_box = inner.grow(plan.context, shape)
+                maps_box = read_box.grow(r, shape)
+                maps = assembler.maps_for(maps_box)
+                assembler.release(step)
+                stats["tiles_predicted"] = assembler.tiles_predicted
+                stats["tiles_skipped"] = assembler.tiles_skipped
+                pending.append((i, inner, pool.submit(post, maps, maps_box, read_box, inner, i, plan.context)))
+                del maps
+                if len(pending) > 1:
+                    yield finish(*pending.popleft())
+            while pending:
+                yield finish(*pending.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         if fetcher is not None:
             fetcher.close()
