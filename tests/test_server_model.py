@@ -169,9 +169,15 @@ def test_automask_amg_matches_segment(server, model, image):
     ids = [int(i) for i in np.unique(labels) if i != 0]
     feats = r.json()
     assert ids and [f["properties"]["object_idx"] for f in feats] == ids
+    from histosam.postprocess.amg import AMGParams, generate_masks
+
+    records = generate_masks(histosam.Predictor(model), image, AMGParams.from_dict(params))
     for f in feats:
         mask = geometry_to_mask(to_shape(f["geometry"]), (H, W))
         np.testing.assert_array_equal(mask, labels == f["properties"]["object_idx"])
+        # its quality is the predicted IoU of the generated mask it came from
+        source = [rec for rec in records if (rec.segmentation[mask]).all()]
+        assert f["properties"]["quality"] in [pytest.approx(rec.predicted_iou, abs=1e-6) for rec in source]
 
 
 def test_automask_uses_ais_when_model_has_decoder(image, monkeypatch):

@@ -62,6 +62,18 @@ class ModelBackend(Protocol):
         """Automatic instance segmentation of the whole image."""
         ...
 
+    def _amg(self, entry: WeightEntry, image: DecodedImage, params: dict[str, Any]) -> AutoResult:
+        """AMG on the cached Predictor (embedding shared with prompts), keeping each mask's predicted IoU.
+
+        Same result as ``histosam.segment(image, model, mode="amg", **params)``, which builds a fresh Predictor.
+        """
+        from histosam.postprocess.amg import AMGParams, generate_masks, masks_to_labels
+
+        pred = self._predictor(entry, image)
+        records = generate_masks(pred, image.pixels, AMGParams.from_dict(params))
+        labels = masks_to_labels(records, image.shape)
+        return AutoResult(labels=labels, mode="amg", scores=_label_scores(labels, records))
+
     def stats(self) -> dict[str, Any]:
         """Counters for ``/sam/health/`` (cache hits/misses, loaded models)."""
         ...
@@ -176,12 +188,27 @@ class HistosamBackend:
                 self._counts["automask_hits"] += 1
                 return hit
             self._counts["automask_runs"] += 1
-            labels = _call_with_supported(histosam.segment, image.pixels, model=model, mode=mode, **params)
-            result = AutoResult(labels=np.asarray(labels, dtype=np.uint32), mode=mode)
+            if mode == "amg":
+                result = self._amg(entry, image, params)
+            else:
+                labels = _call_with_supported(histosam.segment, image.pixels, model=model, mode=mode)
+                result = AutoResult(labels=np.asarray(labels, dtype=np.uint32), mode=mode)
             self._auto[key] = result
             while len(self._auto) > 4:
                 self._auto.popitem(last=False)
             return result
+
+    def _amg(self, entry: WeightEntry, image: DecodedImage, params: dict[str, Any]) -> AutoResult:
+        """AMG on the cached Predictor (embedding shared with prompts), keeping each mask's predicted IoU.
+
+        Same result as ``histosam.segment(image, model, mode="amg", **params)``, which builds a fresh Predictor.
+        """
+        from histosam.postprocess.amg import AMGParams, generate_masks, masks_to_labels
+
+        pred = self._predictor(entry, image)
+        records = generate_masks(pred, image.pixels, AMGParams.from_dict(params))
+        labels = masks_to_labels(records, image.shape)
+        return AutoResult(labels=labels, mode="amg", scores=_label_scores(labels, records))
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
@@ -197,3 +224,19 @@ def _numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _label_scores(labels: np.ndarray, records: list[Any]) -> dict[int, float]:
+    """Predicted IoU of the mask each label came from. Masks are painted largest first, so a label's pixel
+    belongs to the smallest mask covering it (the later one among equal areas)."""
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    rows, cols = np.unravel_index(first, labels.shape)
+    areas = np.array([r.area for r in records])
+    scores: dict[int, float] = {}
+    for i, r, c in zip(ids.tolist(), rows.tolist(), cols.tolist()):
+        if i == 0:
+            continue
+        cover = [k for k, rec in enumerate(records) if rec.segmentation[r, c]]
+        best = min(cover, key=lambda k: (areas[k], -k))
+        scores[i] = float(records[best].predicted_iou)
+    return scores
