@@ -190,6 +190,16 @@ def test_points_background_first_grayscale(client, fake):
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_bbox_with_background_points(client, fake):
+    body = {"type": "vit_b", "b64img": encode_png_b64(_rgb()), "bbox": [5, 5, 30, 30],
+            "point_coords": [[2, 2], [35, 35]], "point_labels": [0, 0]}
+    r = client.post("/sam/", json=body)
+    assert r.status_code == 200, r.text
+    call = fake.calls[-1]
+    np.testing.assert_array_equal(call["labels"], [0, 0])
+    np.testing.assert_array_equal(call["box"], [5, 5, 30, 30])
+
+
 def test_rgba_png_is_accepted(client, fake):
     rgba = np.dstack([_rgb(), np.full((H, W), 255, np.uint8)])
     body = {"type": "vit_b", "b64img": encode_png_b64(rgba), "bbox": [1, 1, 5, 5]}

@@ -75,7 +75,7 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=json.dumps(obj), media_type="application/json", status_code=status)
 
 
-def _prompt_arrays(body: SAMBody, shape: tuple[int, int]) -> tuple[Any, Any, Any]:
+def _prompt_arrays(body: SAMBody) -> tuple[Any, Any, Any]:
     """``(points (N,2) float32 | None, labels (N,) int32 | None, box (4,) float32 | None)``."""
     points = labels = box = None
     if body.point_coords:
@@ -160,7 +160,7 @@ def create_app(backend: ModelBackend, weights: WeightsTable, config: ServerConfi
     def predict(body: SAMBody) -> Response:
         entry = weights.resolve(body.type, body.checkpoint_url)
         image: DecodedImage = decode_image(body.b64img, config.max_pixels)
-        points, labels, box = _prompt_arrays(body, image.shape)
+        points, labels, box = _prompt_arrays(body)
         result = backend.predict(entry, image, points, labels, box, body.multimask_output)
         features = []
         for i, (mask, score) in enumerate(zip(result.masks, result.scores)):
