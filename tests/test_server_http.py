@@ -358,3 +358,22 @@ def test_published_pathosam_url_maps_to_registry_without_download(client, fake, 
             "checkpoint_url": "https://owncloud.gwdg.de/index.php/s/IZgnn1cpBq2PHod/download"}
     assert client.post("/sam/", json=body).status_code == 200
     assert fake.calls[-1]["entry"].source == "vit_l_histopathology"
+
+
+def test_decode_16bit_and_palette_png():
+    from PIL import Image
+
+    from histosam.server.imaging import decode_image
+
+    g16 = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(g16).save(buf, format="PNG")
+    out = decode_image(base64.b64encode(buf.getvalue()).decode(), max_pixels=100)
+    assert out.pixels.shape == (3, 4, 3) and out.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(out.pixels[:, :, 0], np.rint(g16 / 257).astype(np.uint8))
+    pal = Image.fromarray(_rgb(4, 5)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG")
+    out = decode_image(base64.b64encode(buf.getvalue()).decode(), max_pixels=100)
+    np.testing.assert_array_equal(out.pixels, np.asarray(pal.convert("RGB")))
+    assert out.key == decode_image(encode_png_b64(np.asarray(pal.convert("RGB"))), max_pixels=100).key
