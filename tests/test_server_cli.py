@@ -90,3 +90,14 @@ def test_cli_subprocess_serves_on_loopback(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/sam/" in out
+
+
+def test_token_is_redacted_from_access_log():
+    import logging
+
+    from histosam.server.runner import RedactFilter
+
+    rec = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s"', ("1.2.3.4", "GET",
+                            "/t/s3cret/sam/weights/"), None)
+    assert RedactFilter("s3cret").filter(rec)
+    assert rec.getMessage() == '1.2.3.4 - "GET /t/***/sam/weights/"'

@@ -138,5 +138,5 @@ def run(args: argparse.Namespace) -> int:
     prefix = "/t/<token>" if token else ""
     print(f"histosam serve: QuPath SAM extension server URL: http://{args.host}:{args.port}{prefix}/sam/",
           file=sys.stderr)
-    serve_forever(app, args.host, args.port, log_level=args.log_level)
+    serve_forever(app, args.host, args.port, log_level=args.log_level, secret=token or None)
     return 0

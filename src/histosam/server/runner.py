@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -49,8 +50,29 @@ def running_server(
         sock.close()
 
 
-def serve_forever(app: Any, host: str, port: int, log_level: str = "info") -> None:
-    """Serve ``app`` in this thread until interrupted (one process, one worker)."""
+class RedactFilter(logging.Filter):
+    """Replace a secret (the URL-prefix token) in log records by ``***``."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                a.replace(self.secret, "***") if isinstance(a, str) else a for a in record.args
+            )
+        if isinstance(record.msg, str):
+            record.msg = record.msg.replace(self.secret, "***")
+        return True
+
+
+def serve_forever(app: Any, host: str, port: int, log_level: str = "info", secret: str | None = None) -> None:
+    """Serve ``app`` in this thread until interrupted (one process, one worker); ``secret`` is kept out of
+    the access log."""
     import uvicorn
 
-    uvicorn.Server(_config(app, host, port, log_level, access_log=log_level in ("info", "debug"))).run()
+    server = uvicorn.Server(_config(app, host, port, log_level, access_log=log_level in ("info", "debug")))
+    if secret:
+        logging.getLogger("uvicorn.access").addFilter(RedactFilter(secret))
+    server.run()
