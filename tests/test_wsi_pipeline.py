@@ -228,3 +228,19 @@ def test_polygon_roi_keeps_objects_starting_inside(slide, tmp_path):
     inside = roi.mask(0, 0, 1400, 1000)
     ref = {o for o in _untiled(slide, (300, 400, 700, 500)) if inside[o[0], o[1]]}
     assert got == ref and 20 < len(got) < len(_untiled(slide, (300, 400, 700, 500)))
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wsi"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not SHARED.exists(), reason="shared data absent")
+def test_real_svs_smoke(tmp_path):
+    prov = segment_slide(SHARED / "CMU-1-Small-Region.svs", tmp_path, colour_threshold_maps,
+                         roi=parse_roi("800,1200,1024,1024"), **{**OPTS, "target_mpp": 0.499})
+    assert prov["slide"]["mpp"] == pytest.approx(0.499) and prov["slide"]["mpp_source"] == "metadata"
+    assert prov["objects"] > 20 and prov["tissue_area_mm2"] > 0.3
+    with gzip.open(tmp_path / "CMU-1-Small-Region.geojson.gz", "rt") as f:
+        gj = json.load(f)
+    xs = [x for f in gj["features"] for x, _ in f["geometry"]["coordinates"][0]]
+    assert 800 <= min(xs) and max(xs) <= 1824 + 20
