@@ -16,13 +16,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": ("histosam.registry.loader", "load_model"),
     "Predictor": ("histosam.inference.predictor", "Predictor"),
-    "segment": ("histosam.segment", "segment"),
+    "segment": ("histosam.automatic", "segment"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from histosam.automatic import segment
     from histosam.inference.predictor import Predictor
     from histosam.registry.loader import load_model
-    from histosam.segment import segment
 
 
 def __getattr__(name: str) -> Any:

@@ -83,6 +83,7 @@ class ChunkResult:
         areas: int64 n pixel counts.
         context: context (px) the chunk was finally processed with.
         n_incomplete: owned objects kept although they touched the cut border (0 when exact).
+        scores: float32 n mean (unsmoothed) foreground probability of each object (the model score).
     """
 
     index: int
@@ -94,6 +95,7 @@ class ChunkResult:
     areas: np.ndarray
     context: int
     n_incomplete: int = 0
+    scores: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
 
     @property
     def n(self) -> int:
@@ -193,6 +195,9 @@ def postprocess_chunk(
     lut = np.zeros(len(slices) + 1, np.uint32)
     lut[ids_a] = np.arange(1, ids_a.size + 1, dtype=np.uint32)
     labels = lut[seg[lo[0] : hi[0], lo[1] : hi[1]]]
+    fg_raw = maps[0][crop]
+    fg_sums = np.bincount(seg.ravel(), weights=fg_raw.ravel().astype(np.float64), minlength=len(slices) + 1)
+    scores = (fg_sums[ids_a] / np.maximum(counts[ids_a], 1)).astype(np.float32)
     shift = np.array([r_off, c_off, r_off, c_off], np.int64)
     result = ChunkResult(
         index=index,
@@ -204,6 +209,7 @@ def postprocess_chunk(
         areas=counts[ids_a].astype(np.int64),
         context=context,
         n_incomplete=int(inc.sum()),
+        scores=scores,
     )
     return result, n_inc
 

@@ -49,6 +49,11 @@ class TrainConfig:
     n_sub_iterations: int = 8
     mask_prob: float = 0.5
     box_distortion: float = 0.025
+    sam_loss_resolution: str = "full"  #: "full" (patch resolution, micro-sam) or "low" (mask-decoder output size)
+    sam_images: int | None = None  #: batch images used for the SAM objective (None: all)
+    joint_step: bool = False  #: one backward on SAM loss + decoder loss (one encoder pass; cheaper on CPU)
+    sam_every: int = 1  #: run the interactive SAM objective every k-th iteration (decoder loss every iteration)
+    pad_to_frame: bool = True  #: pad patches to the model frame; False: native models train on the patch itself
     # optimisation
     lr: float = 1e-5
     weight_decay: float = 0.01
@@ -57,7 +62,7 @@ class TrainConfig:
     epochs: int = 100
     iterations_per_epoch: int = 100
     max_minutes: float | None = None  #: stop cleanly (and save) after this many minutes
-    amp: bool = True  #: mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  #: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16)
     # run
     seed: int = 0
     device: str = "auto"
@@ -65,6 +70,7 @@ class TrainConfig:
     output_dir: str = "runs/histosam"
     resume: bool = True  #: continue from output_dir/latest.pt when present
     val_max_images: int | None = None  #: limit the validation images (None: all)
+    val_whole_images: bool = True  #: validation mSA with histosam.segment on whole images (else centre crops)
 
     def validate(self) -> TrainConfig:
         """Check values; raises ``ConfigError``. Returns self."""
@@ -80,6 +86,8 @@ class TrainConfig:
             raise ConfigError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.sam_loss_resolution not in ("full", "low"):
+            raise ConfigError(f"sam_loss_resolution must be 'full' or 'low', got {self.sam_loss_resolution!r}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         return self

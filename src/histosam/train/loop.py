@@ -80,6 +80,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model.to(self.device)
         self.params = set_trainable(model, cfg.finetune)
+        if getattr(model, "instance_decoder", None) is not None and hasattr(model.instance_decoder, "set_bn_mode"):
+            model.instance_decoder.set_bn_mode("train")  # learn running statistics (for bn_mode="eval" later)
         self.encoder_frozen = not any(p.requires_grad for p in model.image_encoder.parameters())
         self.train_decoder = bool(cfg.with_instance_decoder and model.instance_decoder is not None
                                   and cfg.finetune in ("all", "decoders"))
@@ -88,7 +90,11 @@ class Trainer:
             self.opt, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
         self.out = Path(cfg.output_dir)
         self.epoch, self.step, self.best = 0, 0, math.inf
-        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        from histosam.inference.runtime import cpu_has_fast_bf16
+
+        self.amp = bool(cfg.amp and (self.device.type == "cuda" or cpu_has_fast_bf16()))
+        if self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ frames
     def _to_frame(self, images: torch.Tensor) -> tuple[torch.Tensor, float, tuple[int, int]]:
@@ -96,6 +102,10 @@ class Trainer:
         p = images.shape[-1]
         s = self.model.image_size
         resize = getattr(self.model.config, "resize_longest_side", True)
+        if not resize and not self.cfg.pad_to_frame:
+            if p % 16:
+                raise ValueError(f"patch size {p} must be a multiple of 16 without pad_to_frame")
+            return self.model.preprocess(images, pad_to=p), 1.0, (p, p)
         scale = s / p if resize else 1.0
         if p > s and not resize:
             raise ValueError(f"patch size {p} exceeds the model's input frame {s}")
@@ -106,9 +116,13 @@ class Trainer:
         hw = tuple(images.shape[-2:])
         return self.model.preprocess(images), scale, hw
 
+    def _frame_side(self, p: int) -> int:
+        resize = getattr(self.model.config, "resize_longest_side", True)
+        return p if (not resize and not self.cfg.pad_to_frame) else self.model.image_size
+
     def _to_patch(self, x: torch.Tensor, hw: tuple[int, int], p: int) -> torch.Tensor:
         """Maps/logits in (or at a fraction of) the padded input frame → patch resolution ``p×p``."""
-        s = self.model.image_size
+        s = self._frame_side(p)
         if x.shape[-1] != s:
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         x = x[..., : hw[0], : hw[1]]
@@ -121,6 +135,8 @@ class Trainer:
                       iteration: int) -> torch.Tensor | None:
         """Iterative-prompting loss for a batch; ``None`` when the batch has no objects."""
         cfg = self.cfg
+        if cfg.sam_images is not None and cfg.sam_images < inst.shape[0]:
+            inst = inst[: cfg.sam_images]
         ids = sample_batch_objects(inst, cfg.n_objects, rng)
         if len(ids[0]) == 0:
             return None
@@ -130,6 +146,8 @@ class Trainer:
         for b in range(inst.shape[0]):
             gt = inst[b][None] == ids[b][:, None, None]  # K×P×P
             gt_t = torch.from_numpy(gt[:, None]).to(self.device)
+            low_res = cfg.sam_loss_resolution == "low"
+            gt_low = None
             coords = labels = boxes = mask_in = None
             if kind == "point":
                 coords = torch.from_numpy(random_points(gt, rng) * scale).to(self.device)
@@ -139,14 +157,22 @@ class Trainer:
             for sub in range(cfg.n_sub_iterations):
                 low, iou = self.model.decode_masks(emb[b:b + 1], coords, labels, boxes, mask_in,
                                                    multimask=multimask and sub == 0)
-                logits = self._to_patch(low, hw, p)
-                loss, _, _ = sam_loss(logits.float(), iou.float(), gt_t)
+                if low_res:
+                    if gt_low is None:
+                        gt_low = self._gt_low_res(gt_t, low.shape[-1], hw, p)
+                    loss, _, _ = sam_loss(low.float(), iou.float(), gt_low)
+                    logits = None
+                else:
+                    logits = self._to_patch(low, hw, p)
+                    loss, _, _ = sam_loss(logits.float(), iou.float(), gt_t)
                 total = total + loss
                 if sub == cfg.n_sub_iterations - 1:
                     break
                 with torch.no_grad():
                     best = iou.argmax(dim=1)
                     rows = torch.arange(len(best), device=best.device)
+                    if logits is None:
+                        logits = self._to_patch(low.detach(), hw, p)
                     pred = (logits[rows, best] > 0).cpu().numpy()
                     low_best = low[rows, best][:, None].detach()
                 new_c, new_l = correction_points(gt, pred, rng)
@@ -157,20 +183,54 @@ class Trainer:
                 mask_in = low_best if rng.random() < cfg.mask_prob else None
         return total / (cfg.n_sub_iterations * inst.shape[0])
 
+    def _gt_low_res(self, gt: torch.Tensor, size: int, hw, p: int) -> torch.Tensor:
+        """Object masks ``K×1×P×P`` → the mask decoder's low-res grid (``K×1×size×size``), area-averaged then
+        binarised at 0.5; the padded part of the frame is background."""
+        s = self._frame_side(p)
+        frame = torch.zeros((gt.shape[0], 1, s, s), dtype=torch.float32, device=gt.device)
+        g = gt.float()
+        if g.shape[-2:] != tuple(hw):
+            g = F.interpolate(g, size=hw, mode="bilinear", align_corners=False)
+        frame[..., : hw[0], : hw[1]] = g
+        return F.adaptive_avg_pool2d(frame, size) >= 0.5
+
     def decoder_objective(self, frame: torch.Tensor, emb, skips, hw, targets: torch.Tensor) -> torch.Tensor:
         maps = self.model.decode_instances(emb, skips, frame)
         return distance_loss(self._to_patch(maps.float(), hw, targets.shape[-1]), targets)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def train_step(self, images, inst, targets, rng: np.random.Generator) -> dict[str, float]:
-        """One iteration: SAM step, then decoder step. Returns the two losses."""
+        """One iteration: SAM step, then decoder step (or one joint step, ``joint_step``). Returns the losses."""
         self.model.train()
         images, targets = images.to(self.device), targets.to(self.device)
         inst_np = inst.numpy()
         out: dict[str, float] = {}
         frame, scale, hw = self._to_frame(images)
+        if self.device.type == "cpu":
+            frame = frame.contiguous(memory_format=torch.channels_last)
+        run_sam = self.step % max(1, self.cfg.sam_every) == 0
+        if self.cfg.joint_step:
+            self.opt.zero_grad(set_to_none=True)
+            with self._autocast():
+                with torch.set_grad_enabled(not self.encoder_frozen):
+                    emb, skips = self.model.encode(frame)
+                total = emb.new_zeros(())
+                if run_sam:
+                    loss = self.sam_objective(emb, inst_np, scale, hw, rng, self.step // max(1, self.cfg.sam_every))
+                    if loss is not None:
+                        total = total + loss
+                        out["sam_loss"] = float(loss.detach())
+                if self.train_decoder:
+                    dl = self.decoder_objective(frame, emb, skips, hw, targets)
+                    total = total + dl
+                    out["decoder_loss"] = float(dl.detach())
+            if total.requires_grad:
+                total.backward()
+                self.opt.step()
+            self.step += 1
+            return out
         self.opt.zero_grad(set_to_none=True)
         with self._autocast():
             if self.encoder_frozen:
@@ -178,7 +238,7 @@ class Trainer:
                     emb, skips = self.model.encode(frame)
             else:
                 emb, skips = self.model.encode(frame)
-            loss = self.sam_objective(emb, inst_np, scale, hw, rng, self.step)
+            loss = self.sam_objective(emb, inst_np, scale, hw, rng, self.step) if run_sam else None
         if loss is not None:
             loss.backward()
             self.opt.step()
@@ -222,10 +282,28 @@ class Trainer:
                     msas.append(self._msa(maps[0].cpu().numpy(), inst.numpy()))
             losses.append(loss)
         res = {"val_loss": float(np.mean(losses))}
+        if self.cfg.val_whole_images and getattr(self.val_ds, "images", None) is not None \
+                and self.model.instance_decoder is not None:
+            msas = self._whole_image_msa(n)
         msas = [m for m in msas if m is not None]
         if msas:
             res["val_msa"] = float(np.mean(msas))
         return res
+
+    def _whole_image_msa(self, n: int) -> list[float | None]:
+        """AIS mSA of ``histosam.segment`` on the first ``n`` whole validation images (inference path)."""
+        try:
+            from histosam.automatic import segment
+            from histosam.evaluation.metrics import mean_segmentation_accuracy
+        except ImportError:
+            return []
+        self.model.eval()
+        out = []
+        for i in range(n):
+            image, gt = self.val_ds.images[i], self.val_ds.labels[i]
+            seg = segment(image, model=self.model, precision="fp32", device=str(self.device))
+            out.append(mean_segmentation_accuracy(gt.astype(np.uint32), seg))
+        return out
 
     def _msa(self, maps: np.ndarray, inst: np.ndarray) -> float | None:
         try:
