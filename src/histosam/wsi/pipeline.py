@@ -73,10 +73,12 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="chunk", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-def _run_sequential(plan: SlidePlan, todo: list[int], predict_maps, store: ChunkStore, bar, area_mm2) -> dict:
+def _run_sequential(plan: SlidePlan, todo: list[int], predict_maps, store: ChunkStore, bar, area_mm2,
+                    cache_mb: float = 256.0) -> dict:
     stats: dict = {}
     t0 = time.perf_counter()
-    for n, (idx, recs) in enumerate(process_chunks(plan, todo, predict_maps, stats=stats), start=1):
+    chunks = process_chunks(plan, todo, predict_maps, stats=stats, cache_mb=cache_mb)
+    for n, (idx, recs) in enumerate(chunks, start=1):
         store.put(idx, recs)
         bar.update(1)
         bar.set_postfix(tiles=stats.get("tiles_predicted", 0),
@@ -133,10 +135,12 @@ def segment_slide(
     csv_table: bool = False,
     progress: bool = False,
     model_name: str = "custom",
+    cache_mb: float = 256.0,
 ) -> dict:
     """Segment one slide into ``outdir``; returns the provenance dict (also written as JSON).
 
     ``client``: a ``dask.distributed.Client`` to run chunks on (``None``: in this process).
+    ``cache_mb``: budget of the decoder-map tile cache shared by neighbouring chunks (sequential runs).
     """
     t_start = time.perf_counter()
     path = Path(path)
@@ -167,9 +171,11 @@ def segment_slide(
         bar = _progress(len(todo_all), stem, progress)
         bar.update(len(todo_all) - len(todo))
         t_compute = time.perf_counter()
-        runner = _run_dask if client is not None else _run_sequential
-        stats = runner(*(((client,) if client is not None else ()) + (plan, todo, predict_maps, store, bar,
-                                                                         chunk_mm2))) if todo else {}
+        stats = {}
+        if todo and client is not None:
+            stats = _run_dask(client, plan, todo, predict_maps, store, bar, chunk_mm2)
+        elif todo:
+            stats = _run_sequential(plan, todo, predict_maps, store, bar, chunk_mm2, cache_mb=cache_mb)
         bar.close()
         compute_s = time.perf_counter() - t_compute
         writer = SlideOutputWriter(outdir, stem, thumb=thumb, thumb_scale=thumb_scale, csv_table=csv_table)

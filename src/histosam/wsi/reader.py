@@ -252,9 +252,9 @@ class SlideReader:
         w0, h0 = self.dimensions
         w, h = max(1, int(round(w0 / s))), max(1, int(round(h0 / s)))
         out = np.empty((h, w, 3), np.uint8)
-        # strips keep the level read bounded (~64 MB) whatever the slide size
-        level_px = (s / self.level_downsamples[self.best_level(s)]) ** 2 * w * 3
-        rows = max(16, min(h, int(64 * 2**20 / max(level_px, 1.0))))
+        # strips keep the level read (4 MB of uint8, ~50 MB once resampled in float) bounded
+        row_bytes = (s / self.level_downsamples[self.best_level(s)]) ** 2 * w * 3
+        rows = max(16, min(h, int(4 * 2**20 / max(row_bytes, 1.0))))
         for y in range(0, h, rows):
             n = min(rows, h - y)
             out[y : y + n] = self.read_at_mpp(0, y, w, n, target_mpp)

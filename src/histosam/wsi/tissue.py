@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from skimage import color, filters, morphology
+from skimage import filters, morphology
 
 from histosam.wsi.reader import SlideReader
 
@@ -71,15 +71,23 @@ def detect_tissue_rgb(
 ) -> np.ndarray:
     """Tissue mask of an RGB thumbnail (``H x W x 3 uint8`` at ``mpp`` µm/px) -> bool ``H x W``."""
     rgb = np.asarray(thumb)[..., :3]
-    hsv = color.rgb2hsv(rgb)
-    hue, sat = hsv[..., 0] * 360.0, hsv[..., 1]
-    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0).mean(axis=-1)
-    pen = ((hue > 60) & (hue < 260) & (sat > 0.15)) | (rgb.max(axis=-1) < black_level)
-    cand = sat[~pen & (od > min_od)]
+    h = rgb.shape[0]
+    sat = np.empty(rgb.shape[:2], np.float32)
+    pen = np.empty(rgb.shape[:2], bool)
+    stained = np.empty(rgb.shape[:2], bool)
+    for y in range(0, h, 256):  # row strips keep the float temporaries small
+        part = rgb[y : y + 256]
+        hue, sat[y : y + 256] = _hue_saturation(part)
+        pen[y : y + 256] = ((hue > 60) & (hue < 260) & (sat[y : y + 256] > 0.15)) | (
+            part.max(axis=-1) < black_level)
+        stained[y : y + 256] = _mean_od(part) > min_od
+    cand = sat[~pen & stained]
     thr = min_saturation
     if cand.size > 16 and np.ptp(cand) > 1e-3:
         thr = max(thr, float(filters.threshold_otsu(sat[~pen])))
-    mask = (sat > thr) & (od > min_od) & ~pen
+    del cand
+    mask = (sat > thr) & stained & ~pen
+    del sat, stained
     px_area = mpp * mpp
     r = max(1, int(round(close_um / mpp / 2)))
     padded = np.pad(mask, r, mode="edge")
@@ -89,6 +97,26 @@ def detect_tissue_rgb(
     holes = ndimage.binary_fill_holes(mask) & ~mask
     small_holes = morphology.remove_small_objects(holes, max_size=max(1, int(max_hole_um2 / px_area)))
     return mask | (holes & ~small_holes)
+
+
+def _hue_saturation(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV hue (degrees) and saturation as float32 (same values as ``skimage.color.rgb2hsv``)."""
+    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
+    mx = np.maximum(np.maximum(r, g), b)
+    mn = np.minimum(np.minimum(r, g), b)
+    delta = mx - mn
+    sat = np.divide(delta, mx, out=np.zeros_like(mx), where=mx > 0)
+    safe = np.where(delta > 0, delta, 1.0).astype(np.float32)
+    hue = np.where(mx == r, (g - b) / safe, np.where(mx == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = ((hue / 6.0) % 1.0 * 360.0).astype(np.float32)
+    hue[delta == 0] = 0.0
+    return hue, sat
+
+
+def _mean_od(rgb: np.ndarray) -> np.ndarray:
+    """Mean optical density over the channels (float32), via a 256-entry lookup table."""
+    lut = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
+    return (lut[rgb[..., 0]] + lut[rgb[..., 1]] + lut[rgb[..., 2]]) / 3.0
 
 
 def detect_tissue(slide: SlideReader, mpp: float = 8.0, **params) -> TissueMask:
