@@ -1,0 +1,239 @@
+"""Segment one image file and write every output (labels, QuPath GeoJSON, tables, provenance) in one pass.
+
+AIS streams: :func:`histosam.tiling.engine.iter_ais_chunks` yields the nuclei chunk by chunk; each chunk's
+objects are mapped to the original image grid, measured, turned into GeoJSON features and pasted into the
+label output right away, so nothing goes over the image twice and the GeoJSON never sits in memory.
+AMG segments the whole image with :func:`histosam.segment` and goes through the same writers.
+
+Frames: the engine works at the model's resolution (the image resampled by ``mpp / model.config.mpp``, as in
+:func:`histosam.segment`); labels, polygons, centroids and areas are always in **original image pixels**
+(polygons ``(x, y)``, pixel (r, c) covers ``[c, c+1) × [r, r+1)``). Table row ``id`` = label value = the
+``id`` measurement of the GeoJSON feature; ``area_px`` equals the pixel count of that id in the label image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histosam.errors import HistosamError
+from histosam.io.geojson import GeoJSONWriter
+from histosam.io.images import read_image
+from histosam.io.provenance import build_provenance, now_iso, write_provenance
+from histosam.io.tables import write_table
+from histosam.measure import instances_to_features, measure_instances
+from histosam.pipeline.outputs import LabelSink, crop_to_original, output_names, read_outputs, source_index
+
+__all__ = ["segment_file", "ENGINE_KEYS"]
+
+#: keyword arguments of :func:`~histosam.tiling.engine.iter_ais_chunks` accepted as ``**params``
+ENGINE_KEYS = frozenset({"context", "completeness", "on_incomplete", "max_context", "cache_mb"})
+
+PredictMaps = Callable[[np.ndarray], np.ndarray]
+
+
+def _empty_table(rgb: np.ndarray, with_scores: bool, mpp: float | None) -> pd.DataFrame:
+    """The measurement table with its columns but no rows."""
+    zero = np.zeros((1, 1), np.uint32)
+    return measure_instances(zero, rgb[:1, :1], scores=np.zeros((1, 1)) if with_scores else None, mpp=mpp)
+
+
+class _Writers:
+    """Label sink + streaming GeoJSON + table rows of one image; ``add`` takes one original-frame crop."""
+
+    def __init__(self, names: dict[str, Path], rgb: np.ndarray, mpp: float | None, namespace: str) -> None:
+        self.names, self.rgb, self.mpp, self.namespace = names, rgb, mpp, namespace
+        self.tables: list[pd.DataFrame] = []
+        self.n = 0
+        self.measure_s = 0.0
+        self._stack = contextlib.ExitStack()
+        self.sink = LabelSink(names["labels"], rgb.shape[:2], mpp)
+        self._stack.callback(self.sink.abort)
+        self.geojson = GeoJSONWriter(names["geojson"])
+        self._stack.callback(self.geojson.abort)
+
+    def add(self, crop: np.ndarray, offset: tuple[int, int], scores: np.ndarray | None) -> None:
+        """Objects of ``crop`` (uint32, local ids 1..m, all present; ``[0, 0]`` at image ``offset``)."""
+        m = int(crop.max(initial=0))
+        if m == 0:
+            return
+        t = time.perf_counter()
+        r0, c0 = offset
+        h, w = crop.shape
+        pix = None
+        if scores is not None:
+            pix = np.concatenate([[0.0], np.asarray(scores, np.float64)])[crop]
+        feats, table = instances_to_features(crop, offset=offset, id_offset=self.n,
+                                             image=self.rgb[r0:r0 + h, c0:c0 + w], scores=pix, mpp=self.mpp,
+                                             id_namespace=self.namespace)
+        self.geojson.add(feats)
+        self.tables.append(table)
+        self.sink.write(r0, c0, np.where(crop > 0, crop + np.uint32(self.n), np.uint32(0)))
+        self.n += m
+        self.measure_s += time.perf_counter() - t
+
+    def finish(self, with_scores: bool, write_parquet: bool) -> None:
+        """Write tables and labels, then finalise the GeoJSON (each atomic)."""
+        table = pd.concat(self.tables, ignore_index=True) if self.tables else _empty_table(
+            self.rgb, with_scores, self.mpp)
+        write_table(self.names["csv"], table)
+        if write_parquet:
+            write_table(self.names["parquet"], table)
+        self.sink.close()
+        self._stack.pop_all()
+        self.geojson.close()
+
+    def abort(self) -> None:
+        self._stack.close()  # aborts GeoJSON (nothing at its path) and the label sink
+
+
+def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any = None, mode: str = "ais", *,
+                 tile: int | None = None, halo: int | None = None, chunk: int = 1024, batch_size: int = 4,
+                 device: str | None = None, precision: str = "auto", mpp: float | None = None,
+                 geojson_gz: bool = False, write_parquet: bool = True, overwrite: bool = False,
+                 progress: bool = True, predict_maps: PredictMaps | None = None,
+                 **params: Any) -> dict[str, Path]:
+    """Segment the nuclei of one image file and write its output set (see :mod:`histosam.pipeline.outputs`).
+
+    Args:
+        path: image file (PNG/JPEG/TIFF/...; read as ``H×W×3 uint8`` RGB).
+        out_dir: output folder (created if missing).
+        model: model object, registry name, checkpoint path, or ``None`` (embedded default; with
+            ``predict_maps`` and no model, no model is loaded and no resampling happens).
+        mode: ``"ais"`` (streamed, chunk by chunk) or ``"amg"``.
+        tile, halo, chunk, batch_size, device, precision: as in :func:`histosam.segment`.
+        mpp: µm/px of the image: resampling to the model's resolution, µm columns in the table.
+        geojson_gz: write ``<stem>.geojson.gz`` instead of ``<stem>.geojson``.
+        write_parquet: also write ``<stem>_nuclei.parquet``.
+        overwrite: recompute even when a complete output set exists (otherwise it is skipped).
+        progress: tqdm bar over chunks (stderr).
+        predict_maps: replaces the model's map predictor (``uint8 B×h×w×3 -> float32 B×3×h×w``), e.g. a fake
+            predictor in tests and benchmarks.
+        **params: AIS post-processing overrides, engine options (:data:`ENGINE_KEYS`), or AMG parameters.
+    Returns:
+        ``{"labels", "geojson", "csv", ["parquet",] "provenance"}`` -> paths.
+    Raises:
+        ImageError (unreadable/empty image), HistosamError subclasses for bad parameters or models.
+    """
+    started, t0 = now_iso(), time.perf_counter()
+    if mode not in ("ais", "amg"):
+        raise HistosamError(f"mode must be 'ais' or 'amg', not {mode!r}")
+    out_dir = Path(out_dir)
+    if not overwrite:
+        done = read_outputs(path, out_dir, geojson_gz=geojson_gz, write_parquet=write_parquet)
+        if done is not None:
+            return done
+    rgb = read_image(path)
+    read_s = time.perf_counter() - t0
+    if model is not None or predict_maps is None:
+        from histosam.automatic import resolve_model
+
+        model = resolve_model(model, device, require_decoder=(mode == "ais" and predict_maps is None))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz, write_parquet=write_parquet)
+    names["provenance"].unlink(missing_ok=True)  # the set is incomplete until the new provenance lands
+    t1 = time.perf_counter()
+    writers = _Writers(names, rgb, mpp, namespace=names["labels"].name)
+    try:
+        if mode == "ais":
+            settings = _run_ais(rgb, model, predict_maps, writers, tile=tile, halo=halo, chunk=chunk,
+                                batch_size=batch_size, device=device, precision=precision, mpp=mpp,
+                                progress=progress, desc=Path(path).name, params=params)
+        else:
+            settings = _run_amg(rgb, model, writers, device=device, precision=precision, mpp=mpp, params=params)
+        t2 = time.perf_counter()
+        writers.finish(with_scores=mode == "ais", write_parquet=write_parquet)
+    except BaseException:
+        writers.abort()
+        raise
+    t3 = time.perf_counter()
+    timings = {"read_s": read_s, "model_s": t1 - t0 - read_s, "segment_s": t2 - t1 - writers.measure_s,
+               "measure_s": writers.measure_s, "write_s": t3 - t2, "total_s": time.perf_counter() - t0}
+    _write_provenance(path, names, model, predict_maps, started, timings, writers.n, rgb.shape[:2], {
+        "mode": mode, "device": device, "precision": precision, "mpp": mpp, "batch_size": batch_size,
+        "geojson_gz": geojson_gz, **settings})
+    return names
+
+
+def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: _Writers, *, tile, halo, chunk,
+             batch_size, device, precision, mpp, progress, desc, params) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from histosam.automatic import _resample_rgb, default_tiling, rescale_factor, split_params
+    from histosam.postprocess.ais import AISParams
+    from histosam.tiling.engine import iter_ais_chunks
+    from histosam.tiling.grid import TileGrid
+
+    engine = {k: v for k, v in params.items() if k not in AISParams.__dataclass_fields__}
+    unknown = sorted(set(engine) - ENGINE_KEYS)
+    if unknown:
+        raise HistosamError(f"unknown AIS/engine parameter(s) {unknown}; valid: "
+                            f"{sorted(set(AISParams.__dataclass_fields__) | ENGINE_KEYS)}")
+    if model is not None:
+        ais, _ = split_params(model, params)
+        factor = rescale_factor(mpp, model)
+    else:
+        ais = AISParams.from_dict({k: v for k, v in params.items() if k not in engine})
+        factor = 1.0
+    work = _resample_rgb(rgb, factor) if factor != 1.0 else rgb
+    shape = work.shape[:2]
+    d_tile, d_halo = default_tiling(model, shape) if model is not None else (384, 64)
+    tile, halo = tile or d_tile, d_halo if halo is None else halo
+    if predict_maps is None:
+        from histosam.inference.maps import make_map_predictor
+
+        predict_maps = make_map_predictor(model, device, precision, encoder_batch=batch_size)
+
+    def read_region(r0: int, c0: int, h: int, w: int) -> np.ndarray:
+        return work[r0: r0 + h, c0: c0 + w]
+
+    rows, cols = source_index(rgb.shape[0], shape[0]), source_index(rgb.shape[1], shape[1])
+    chunks = iter_ais_chunks(read_region, shape, predict_maps, tile=tile, halo=halo, chunk=chunk, params=ais,
+                             batch_size=batch_size, **engine)
+    bar = tqdm(chunks, total=len(TileGrid(shape, chunk, 0)), desc=desc, unit="chunk", disable=not progress,
+               leave=False)
+    for res in bar:
+        if res.n == 0:
+            continue
+        if factor == 1.0:
+            writers.add(res.labels, res.offset, res.scores)
+        else:
+            writers.add(*crop_to_original(res.labels, res.offset, res.scores, rows, cols))
+    return {"tile": tile, "halo": halo, "chunk": chunk, "resample_factor": factor,
+            "working_shape": list(shape), "ais": ais.to_dict(), "engine": engine}
+
+
+def _run_amg(rgb: np.ndarray, model, writers: _Writers, *, device, precision, mpp, params) -> dict[str, Any]:
+    from skimage.segmentation import relabel_sequential
+
+    from histosam.automatic import rescale_factor, segment
+    from histosam.postprocess.amg import AMGParams
+
+    amg = AMGParams.from_dict(params)  # validates the keys before the (slow) run
+    labels = segment(rgb, model, mode="amg", device=device, precision=precision, mpp=mpp, **params)
+    labels = relabel_sequential(labels)[0].astype(np.uint32)  # ids lost by resampling back
+    writers.add(labels, (0, 0), None)
+    return {"resample_factor": rescale_factor(mpp, model), "amg": amg.to_dict()}
+
+
+def _write_provenance(path, names: dict[str, Path], model, predict_maps, started: str, timings: dict,
+                      n: int, shape: tuple[int, int], parameters: dict) -> None:
+    if model is not None:
+        from histosam.registry.loader import describe
+
+        details = describe(model)
+    else:
+        details = {"name": getattr(predict_maps, "__name__", type(predict_maps).__name__), "sha256": None}
+    outputs = {k: str(v) for k, v in names.items() if k != "provenance"}
+    record = build_provenance(model_name=details.get("name"), model_sha256=details.get("sha256"),
+                              parameters=parameters, input_path=path, started=started, outputs=outputs,
+                              extra={"model_details": details, "timings": timings, "n_objects": n,
+                                     "image_shape": list(shape)})
+    write_provenance(names["provenance"], record)
