@@ -8,7 +8,9 @@ AMG segments the whole image with :func:`histosam.segment` and goes through the 
 Frames: the engine works at the model's resolution (the image resampled by ``mpp / model.config.mpp``, as in
 :func:`histosam.segment`); labels, polygons, centroids and areas are always in **original image pixels**
 (polygons ``(x, y)``, pixel (r, c) covers ``[c, c+1) × [r, r+1)``). Table row ``id`` = label value = the
-``id`` measurement of the GeoJSON feature; ``area_px`` equals the pixel count of that id in the label image.
+``label_id`` measurement of the GeoJSON feature, whose UUID is ``uuid5(namespace, "<stem>:<id>")``
+(:func:`histosam.io.geojson.feature` with ``id_namespace=<stem>``); ``area_px`` equals the pixel count of
+that id in the label image.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from histosam.io.images import read_image
 from histosam.io.provenance import build_provenance, now_iso, write_provenance
 from histosam.io.tables import write_table
 from histosam.measure import instances_to_features, measure_instances
-from histosam.pipeline.outputs import LabelSink, crop_to_original, output_names, read_outputs, source_index
+from histosam.pipeline.outputs import (
+    LabelSink,
+    crop_to_original,
+    image_stem,
+    output_names,
+    read_outputs,
+    source_index,
+)
 
 __all__ = ["segment_file", "ENGINE_KEYS"]
 
@@ -73,6 +82,8 @@ class _Writers:
         feats, table = instances_to_features(crop, offset=offset, id_offset=self.n,
                                              image=self.rgb[r0:r0 + h, c0:c0 + w], scores=pix, mpp=self.mpp,
                                              id_namespace=self.namespace)
+        for f, i in zip(feats, table["id"].tolist()):
+            f["properties"].setdefault("measurements", {})["label_id"] = int(i)
         self.geojson.add(feats)
         self.tables.append(table)
         self.sink.write(r0, c0, np.where(crop > 0, crop + np.uint32(self.n), np.uint32(0)))
@@ -140,7 +151,7 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
     names = output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz, write_parquet=write_parquet)
     names["provenance"].unlink(missing_ok=True)  # the set is incomplete until the new provenance lands
     t1 = time.perf_counter()
-    writers = _Writers(names, rgb, mpp, namespace=names["labels"].name)
+    writers = _Writers(names, rgb, mpp, namespace=image_stem(path))
     try:
         if mode == "ais":
             settings = _run_ais(rgb, model, predict_maps, writers, tile=tile, halo=halo, chunk=chunk,

@@ -21,7 +21,7 @@ import numpy as np
 from histosam.io.labels import ZarrLabelWriter, write_labels_tiff
 
 __all__ = ["LARGE_PIXELS", "output_names", "read_outputs", "is_complete", "LabelSink", "source_index",
-           "crop_to_original"]
+           "image_stem", "crop_to_original"]
 
 #: images with more pixels than this get OME-Zarr labels instead of a TIFF
 LARGE_PIXELS = 50_000_000
@@ -31,7 +31,7 @@ def output_names(path: str | os.PathLike, out_dir: str | os.PathLike, *, shape: 
                  geojson_gz: bool = False, write_parquet: bool = True) -> dict[str, Path]:
     """Output paths for input ``path`` (``shape`` = (H, W) picks TIFF vs OME-Zarr labels; ``None``: TIFF)."""
     out = Path(out_dir)
-    stem = _stem(Path(path))
+    stem = image_stem(path)
     large = shape is not None and shape[0] * shape[1] > LARGE_PIXELS
     names = {
         "labels": out / (f"{stem}_labels.ome.zarr" if large else f"{stem}_labels.tif"),
@@ -44,8 +44,9 @@ def output_names(path: str | os.PathLike, out_dir: str | os.PathLike, *, shape: 
     return names
 
 
-def _stem(path: Path) -> str:
+def image_stem(path: str | os.PathLike) -> str:
     """File name without its image suffix (``a.ome.tif`` -> ``a``, ``b.png`` -> ``b``)."""
+    path = Path(path)
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):

@@ -1,0 +1,179 @@
+"""``histosam segment``: automatic nucleus segmentation (AIS or AMG) of image files of any size.
+
+Examples::
+
+    histosam segment image.png -o out/
+    histosam segment 'tiles/*.tif' folder/ -o out/ --model pathosam-vit-b --mpp 0.25 --geojson-gz
+    histosam segment img.png -o out/ --mode amg --param points_per_side=16
+    histosam segment img.png -o out/ --param foreground_threshold=0.6 --param context=256
+
+Per input ``<stem>``: ``<stem>_labels.tif`` (``.ome.zarr`` above 50 Mpx), ``<stem>.geojson[.gz]`` (QuPath),
+``<stem>_nuclei.csv`` / ``.parquet``, ``<stem>_provenance.json``. Finished inputs are skipped unless
+``--overwrite`` (a rerun resumes a folder). A bad input gets one error line; the others still run; the exit
+code is 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "segment",
+        help="automatic nucleus segmentation (AIS/AMG) of images of any size",
+        description="Segment every nucleus of image files (tiled, streamed chunk by chunk) and write label "
+        "images, QuPath GeoJSON, CSV/Parquet measurement tables and provenance per input.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--model", default=None,
+                   help="registered model name or checkpoint path (default: the embedded default model)")
+    p.add_argument("--mode", choices=("ais", "amg"), default="ais",
+                   help="ais: instance decoder + watershed (default); amg: SAM automatic mask generator")
+    p.add_argument("--tile", type=int, default=None, help="model tile size in pixels (default: from the model)")
+    p.add_argument("--halo", type=int, default=None, help="tile halo in pixels (default: from the model)")
+    p.add_argument("--chunk", type=int, default=1024, help="post-processing chunk size (default 1024)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default 4)")
+    p.add_argument("--device", default=None, help="torch device (default: automatic)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="inference precision (default auto)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="µm/px of the inputs: resample to the model's resolution, add µm columns")
+    p.add_argument("--geojson-gz", action="store_true", help="write <stem>.geojson.gz (gzip) instead of .geojson")
+    p.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs are complete")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="AIS/engine or AMG parameter override (repeatable), e.g. foreground_threshold=0.6, "
+                   "context=256, points_per_side=16")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar over chunks (default: when stderr is a terminal)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _value(text: str) -> Any:
+    """``"0.5"`` -> 0.5, ``"3"`` -> 3, ``"true"`` -> True, ``"none"`` -> None, anything else stays a string."""
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_params(items: list[str], mode: str) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict, keys checked against the AIS/engine or AMG parameters of ``mode``."""
+    from histosam.errors import HistosamError
+
+    if mode == "amg":
+        from histosam.postprocess.amg import AMGParams
+
+        valid = set(AMGParams.__dataclass_fields__)
+    else:
+        from histosam.pipeline import ENGINE_KEYS
+        from histosam.postprocess.ais import AISParams
+
+        valid = set(AISParams.__dataclass_fields__) | set(ENGINE_KEYS)
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise HistosamError(f"--param expects KEY=VALUE, got {item!r}")
+        if key not in valid:
+            raise HistosamError(f"unknown {mode.upper()} parameter {key!r}; valid: {', '.join(sorted(valid))}")
+        params[key] = _value(value)
+    return params
+
+
+def _expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image paths in input order without duplicates, [(input, message)] for inputs that yield nothing)."""
+    from histosam.io.images import list_images
+
+    paths: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for item in inputs:
+        found = list_images([item])
+        if not found:
+            p = Path(item)
+            errors.append((item, "folder holds no image files" if p.is_dir() else "no files match this pattern"))
+        for q in found:
+            key = q.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(q)
+    return paths, errors
+
+
+def _check(args: argparse.Namespace) -> None:
+    from histosam.errors import HistosamError
+
+    for name in ("tile", "chunk", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise HistosamError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.halo is not None and args.halo < 0:
+        raise HistosamError("--halo must be >= 0")
+    if args.mpp is not None and not args.mpp > 0:
+        raise HistosamError("--mpp must be > 0")
+
+
+def run(args: argparse.Namespace) -> int:
+    from histosam.automatic import resolve_model
+    from histosam.errors import HistosamError
+    from histosam.pipeline import is_complete, output_names, segment_file
+
+    _check(args)
+    params = parse_params(args.param, args.mode)
+    paths, failed = _expand(args.inputs)
+
+    def fail(what: str, msg: str) -> None:
+        failed.append((what, msg))
+        print(f"histosam segment: {what}: error: {msg}", file=sys.stderr)
+
+    for item, msg in list(failed):
+        print(f"histosam segment: {item}: error: {msg}", file=sys.stderr)
+    if not paths:
+        raise HistosamError("no input images found")
+    out_dir = Path(args.output)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    model = None
+    owners: dict[str, Path] = {}
+    done = skipped = 0
+    for path in paths:
+        stem_key = output_names(path, out_dir)["provenance"].name
+        if stem_key in owners:
+            fail(str(path), f"same output name as {owners[stem_key]}; rename one of them")
+            continue
+        owners[stem_key] = path
+        if not args.overwrite and is_complete(path, out_dir, geojson_gz=args.geojson_gz):
+            skipped += 1
+            print(f"{path}: skipped (complete outputs exist; --overwrite recomputes)", file=sys.stderr)
+            continue
+        if model is None:  # load once, only when something is to be done; a bad model stops everything
+            model = resolve_model(args.model, args.device, require_decoder=args.mode == "ais")
+        try:
+            names = segment_file(path, out_dir, model, args.mode, tile=args.tile, halo=args.halo,
+                                 chunk=args.chunk, batch_size=args.batch_size, device=args.device,
+                                 precision=args.precision, mpp=args.mpp, geojson_gz=args.geojson_gz,
+                                 overwrite=args.overwrite, progress=progress, **params)
+        except HistosamError as exc:
+            msg = str(exc)
+            fail(str(path), msg[len(str(path)) + 2:] if msg.startswith(f"{path}: ") else msg)
+            continue
+        except (OSError, ValueError, MemoryError) as exc:
+            fail(str(path), f"{type(exc).__name__}: {exc}")
+            continue
+        done += 1
+        n = json.loads(names["provenance"].read_text(encoding="utf-8")).get("n_objects")
+        print(f"{path}: {n} nuclei -> {names['geojson']}", file=sys.stderr)
+    print(f"{done} done, {skipped} skipped, {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
