@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,30 @@ class CheckpointContents:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_MAGIC_NAMES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+                (b"MM\x00*", "a TIFF image"), (b"GIF8", "a GIF image"), (b"\x1f\x8b", "a gzip archive"),
+                (b"%PDF", "a PDF document"), (b"<", "an HTML/XML page (a failed download?)"),
+                (b"{", "a JSON/text file"))
+
+
+def _sniff(head: bytes) -> str | None:
+    """``None`` when ``head`` can start a PyTorch checkpoint (zip archive or legacy pickle), else what it looks like."""
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    for magic, what in _MAGIC_NAMES:
+        if head.startswith(magic):
+            return what
+    if len(head) >= 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32):
+        return "a safetensors file (not supported: convert it to a PyTorch .pt/.pth state dict)"
+    if head.strip() and all(32 <= c < 127 or c in b"\t\n\r" for c in head):
+        return "a text file"
+    return "random bytes (neither a zip archive nor a pickle)"
+
+
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
-    """``torch.load`` a file on the CPU with ``weights_only=True`` and turn failures into clear errors."""
+    """``torch.load`` a file on the CPU with ``weights_only=True`` and turn every failure into a
+    :class:`CheckpointError` (a missing, empty, foreign, truncated or corrupt file, or one that holds pickled
+    Python objects while ``allow_pickle`` is False)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -60,19 +83,35 @@ def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> Any:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be opened ({exc})") from exc
+    what = _sniff(head)
+    if what is not None:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it looks like {what}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols on junk input
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "Weights only load failed" in msg or "weights_only" in msg:
+        if not allow_pickle and ("Unsupported global" in msg or "GLOBAL" in msg):
             raise CheckpointError(
                 f"{path} contains pickled Python objects besides weights (e.g. a torch-em training checkpoint). "
                 "histosam loads weights only by default; if you trust the file, pass allow_pickle=True "
                 "(CLI: --allow-pickle)") from exc
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint: it is truncated or corrupt ({text})") \
-            from exc
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint or is corrupt ({_first_line(exc)})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path} cannot be read as a PyTorch checkpoint: it is truncated or corrupt "
+                              f"({_first_line(exc)})") from exc
+    except Exception as exc:  # noqa: BLE001 -- the unpickler raises anything (IndexError, KeyError, ...) on junk
+        raise CheckpointError(f"{path} is not a valid PyTorch checkpoint ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _is_decoder_state(state: dict[str, Any]) -> bool:

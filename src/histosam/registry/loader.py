@@ -34,6 +34,11 @@ def resolve_files(name_or_path: str | os.PathLike) -> tuple[str, Path, Path | No
     path = Path(text).expanduser()
     if path.exists():
         return path.stem, path, None
+    if os.sep in text or "/" in text or path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
+        from histosam.errors import ModelNotAvailableError
+
+        raise ModelNotAvailableError(f"checkpoint file {path} does not exist (and {path.name!r} is not a registered "
+                                     f"model; registered: {', '.join(sorted(REGISTRY))})")
     get_entry(text)  # raises the "unknown model" error listing the registry
     raise AssertionError("unreachable")
 
