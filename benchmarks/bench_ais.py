@@ -1,0 +1,154 @@
+"""AIS speed: a micro-sam-equivalent reference stack against ``histosam.segment``, same weights, same image.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_ais.py --size 1024`` (a few minutes on a loaded CPU).
+
+micro-sam itself cannot be installed here, so (a) rebuilds its *untiled* ``automatic_instance_segmentation``
+path from the pieces it uses:
+
+1. Meta's ``segment_anything.SamPredictor.set_image`` (resize longest side to 1024, normalise, pad, ViT);
+2. torch-em's UNETR decoder on the image embedding (``UNETR.decode``), resized back to the image;
+3. the seeded watershed as micro-sam/torch-em document it: Gaussian smoothing (fg σ=1.0, distances
+   σ=1.6), ``fg > 0.5``, markers = 8-connected components of ``(cd < 0.5) & (bd < 0.5) & fg``,
+   ``skimage.segmentation.watershed(bd, markers, mask=fg)``, then consecutive relabelling.
+
+(b) is ``histosam.segment(image, model=...)`` with default tiling (PathoSAM's 384 + 2·64 tiles, each resized to
+the 1024 frame, so 9 encoder passes on a 1024² image) and default precision (``auto``: bf16 where the CPU
+has fast bf16); (c) the same with one 1024 tile (``tile=1024, halo=0``), i.e. the same encoder work as (a).
+Both use the same random ViT-B weights (PathoSAM/micro-sam checkpoint format, ``model_state`` +
+``decoder_state``). Post-processing throughput (megapixels/s) is measured on synthetic nucleus maps of the
+same size (random decoder weights give degenerate maps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
+
+
+def reference_watershed(maps: np.ndarray) -> np.ndarray:
+    """micro-sam's documented AIS post-processing (defaults), untiled, with scipy/skimage."""
+    from skimage.measure import label
+    from skimage.segmentation import relabel_sequential, watershed
+
+    fg = ndi.gaussian_filter(maps[0], 1.0)
+    cd = ndi.gaussian_filter(maps[1], 1.6)
+    bd = ndi.gaussian_filter(maps[2], 1.6)
+    fg_mask = fg > 0.5
+    markers = label((cd < 0.5) & (bd < 0.5) & fg_mask, connectivity=2)
+    seg = watershed(bd, markers, mask=fg_mask)
+    return relabel_sequential(seg)[0]
+
+
+def reference_ais(predictor, unetr, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    t0 = time.perf_counter()
+    predictor.set_image(image)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        maps = unetr.decode((predictor.features, None, None), tuple(predictor.input_size),
+                            tuple(predictor.original_size))[0].numpy()
+    t2 = time.perf_counter()
+    seg = reference_watershed(maps)
+    t3 = time.perf_counter()
+    return seg, {"encoder_s": t1 - t0, "decoder_s": t2 - t1, "watershed_s": t3 - t2, "total_s": t3 - t0}
+
+
+def he_image(size: int) -> np.ndarray:
+    from histosam.wsi.synthetic import render_region
+
+    return render_region(0, 0, size, size, [(size / 2, size / 2, size, size)])
+
+
+def postprocess_throughput(size: int) -> dict[str, float]:
+    """Megapixels/s of the reference watershed and of histosam's (untiled and chunk engine)."""
+    from bench_postprocess import coord_image, crop_predictor, synthetic_maps
+
+    from histosam.postprocess.ais import watershed_from_maps
+    from histosam.tiling.engine import segment_array
+
+    maps = synthetic_maps(size)
+    mp = size * size / 1e6
+    out = {}
+    for name, fn in [
+        ("reference", lambda: reference_watershed(maps)),
+        ("histosam_untiled", lambda: watershed_from_maps(maps)),
+        ("histosam_engine", lambda: segment_array(coord_image(maps.shape[1:]), crop_predictor(maps), tile=384,
+                                                  halo=64, chunk=1024)),
+    ]:
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t)
+        out[name] = mp / best
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024, help="image side (default 1024)")
+    ap.add_argument("--no-untiled", action="store_true", help="skip (c), histosam with one 1024 tile")
+    ap.add_argument("--tiny", action="store_true", help="smoke test with a tiny 256-px ViT instead of ViT-B")
+    args = ap.parse_args()
+
+    from reference_shims import install_torchvision_shim
+
+    install_torchvision_shim()  # before segment_anything is imported
+    from segment_anything import SamPredictor
+
+    import histosam
+    from histosam.inference.runtime import resolve_precision
+    from histosam.registry.loader import load_model
+    from reference_models import TINY, VIT_B, reference_sam, reference_unetr, save_micro_sam
+
+    torch.manual_seed(0)
+    sam = reference_sam(TINY if args.tiny else VIT_B)
+    unetr = reference_unetr(sam.image_encoder)
+    if unetr is None:
+        sys.exit("torch-em is not installed (pip install --no-deps torch-em)")
+    unetr.eval()
+    image = he_image(args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_micro_sam(sam, unetr, Path(tmp) / "vit_b_random.pt")
+        model = load_model(ckpt, device="cpu")
+    predictor = SamPredictor(sam)
+    arch = "tiny ViT" if args.tiny else "ViT-B"
+    print(f"image {args.size}x{args.size}, random {arch} (PathoSAM format), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, histosam precision auto -> "
+          f"{resolve_precision('auto', torch.device('cpu'))}", flush=True)
+
+    seg_ref, t_ref = reference_ais(predictor, unetr, image)
+    print("(a) reference (SamPredictor + torch-em UNETR + watershed): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in t_ref.items()) + f"; {seg_ref.max()} objects", flush=True)
+    t = time.perf_counter()
+    seg = histosam.segment(image, model=model)
+    t_b = time.perf_counter() - t
+    print(f"(b) histosam.segment default (384+2x64 tiles, auto precision): {t_b:.1f} s; {seg.max()} objects; "
+          f"ratio b/a {t_b / t_ref['total_s']:.2f}", flush=True)
+    if not args.no_untiled:
+        t = time.perf_counter()
+        seg = histosam.segment(image, model=model, tile=args.size, halo=0)
+        t_c = time.perf_counter() - t
+        print(f"(c) histosam.segment one {args.size} tile (same encoder work as a): {t_c:.1f} s; "
+              f"{seg.max()} objects; ratio c/a {t_c / t_ref['total_s']:.2f}", flush=True)
+    seg_ref, t_ref2 = reference_ais(predictor, unetr, image)  # again, warm: the best of two counts
+    print("(a) again: " + ", ".join(f"{k} {v:.1f}" for k, v in t_ref2.items()), flush=True)
+    best = min(t_ref["total_s"], t_ref2["total_s"])
+    print(f"ratios against the best reference run ({best:.1f} s): b/a {t_b / best:.2f}"
+          + ("" if args.no_untiled else f", c/a {t_c / best:.2f}"))
+    tp = postprocess_throughput(args.size)
+    print("post-processing throughput on synthetic nucleus maps (MP/s): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in tp.items()))
+
+
+if __name__ == "__main__":
+    main()
