@@ -117,6 +117,8 @@ def test_params_are_parsed_and_checked(tmp_path, model_file, fast_maps, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(base + ["--mode", "amg", "--param", "foreground_threshold=0.5"]) == 2
     assert "unknown AMG parameter" in capsys.readouterr().err
+    assert main(base + ["--param", "foreground_threshold=-1"]) == 2
+    assert "foreground_threshold" in capsys.readouterr().err
     assert main(base + ["--chunk", "0"]) == 2
     assert not (tmp_path / "out").exists()
     assert main(base + ["--param", "min_size=60", "--param", "context=64", "--param", "on_incomplete=warn"]) == 0

@@ -286,8 +286,14 @@ def test_bad_parameters_and_images(image_file, tmp_path):
     from histosam.errors import HistosamError, ImageError
 
     path, _ = image_file
-    with pytest.raises(HistosamError, match="unknown AIS/engine parameter"):
-        run(path, tmp_path / "o", bogus=1)
+    run(path, tmp_path / "done")
+    with pytest.raises(HistosamError, match="unknown AIS/engine parameter"):  # checked before anything changes
+        run(path, tmp_path / "done", bogus=1, overwrite=True)
+    assert is_complete(path, tmp_path / "done")
+    with pytest.raises(HistosamError, match="min_size"):
+        run(path, tmp_path / "o", min_size=-3)
+    with pytest.raises(HistosamError, match="unknown AMG"):
+        run(path, tmp_path / "o", mode="amg", foreground_threshold=0.5)
     with pytest.raises(HistosamError, match="mode"):
         run(path, tmp_path / "o", mode="xyz")
     bad = tmp_path / "bad.png"

@@ -130,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
     from histosam.automatic import resolve_model
     from histosam.errors import HistosamError
     from histosam.pipeline import is_complete, output_names, segment_file
+    from histosam.pipeline.image_job import check_params
 
     _check(args)
     params = parse_params(args.param, args.mode)
+    check_params(args.mode, params)  # values too, once for all inputs
     paths, failed = _expand(args.inputs)
 
     def fail(what: str, msg: str) -> None:

@@ -40,7 +40,7 @@ from histosam.pipeline.outputs import (
     source_index,
 )
 
-__all__ = ["segment_file", "ENGINE_KEYS"]
+__all__ = ["segment_file", "check_params", "ENGINE_KEYS"]
 
 #: keyword arguments of :func:`~histosam.tiling.engine.iter_ais_chunks` accepted as ``**params``
 ENGINE_KEYS = frozenset({"context", "completeness", "on_incomplete", "max_context", "cache_mb"})
@@ -134,8 +134,7 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         ImageError (unreadable/empty image), HistosamError subclasses for bad parameters or models.
     """
     started, t0 = now_iso(), time.perf_counter()
-    if mode not in ("ais", "amg"):
-        raise HistosamError(f"mode must be 'ais' or 'amg', not {mode!r}")
+    check_params(mode, params)  # before anything is read or removed
     out_dir = Path(out_dir)
     if not overwrite:
         done = read_outputs(path, out_dir, geojson_gz=geojson_gz, write_parquet=write_parquet)
@@ -173,6 +172,23 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
     return names
 
 
+def check_params(mode: str, params: dict[str, Any]) -> None:
+    """Raise a :class:`HistosamError` for an unknown ``mode`` or parameter names/values it does not take."""
+    from histosam.postprocess.ais import AISParams
+    from histosam.postprocess.amg import AMGParams
+
+    if mode == "amg":
+        AMGParams.from_dict(params)
+        return
+    if mode != "ais":
+        raise HistosamError(f"mode must be 'ais' or 'amg', not {mode!r}")
+    ais_keys = set(AISParams.__dataclass_fields__)
+    unknown = sorted(set(params) - ais_keys - ENGINE_KEYS)
+    if unknown:
+        raise HistosamError(f"unknown AIS/engine parameter(s) {unknown}; valid: {sorted(ais_keys | ENGINE_KEYS)}")
+    AISParams.from_dict({k: v for k, v in params.items() if k in ais_keys})
+
+
 def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: _Writers, *, tile, halo, chunk,
              batch_size, device, precision, mpp, progress, desc, params) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -183,10 +199,6 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
     from histosam.tiling.grid import TileGrid
 
     engine = {k: v for k, v in params.items() if k not in AISParams.__dataclass_fields__}
-    unknown = sorted(set(engine) - ENGINE_KEYS)
-    if unknown:
-        raise HistosamError(f"unknown AIS/engine parameter(s) {unknown}; valid: "
-                            f"{sorted(set(AISParams.__dataclass_fields__) | ENGINE_KEYS)}")
     if model is not None:
         ais, _ = split_params(model, params)
         factor = rescale_factor(mpp, model)
