@@ -1,0 +1,164 @@
+"""``histosam predict``: one object from point and/or box prompts on one image.
+
+Examples::
+
+    histosam predict image.png -o mask.png --point 120,80
+    histosam predict image.tif -o mask.tif --model vit_b_histopathology --box 10,20,60,90 --point 30,40,0
+    histosam predict image.png -o mask.png --point 120,80 --multimask --precision fp32
+
+Coordinates are image pixels, ``x`` to the right and ``y`` down (QuPath / napari-x convention). A point's
+optional third value is its label: 1 foreground (default), 0 background. Writes the mask with the highest
+predicted IoU: ``.png`` as uint8 0/255, ``.tif``/``.tiff`` as a uint32 label image (1 = object); and beside it
+``<OUT stem>.json`` with the prompts, every candidate's score and the chosen one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histosam.errors import HistosamError
+
+OUTPUT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def _numbers(text: str, what: str, counts: tuple[int, ...]) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(_forms(what))} numbers, got {text!r}")
+    return values
+
+
+def _forms(what: str) -> list[str]:
+    return ["X,Y", "X,Y,LABEL"] if what == "--point" else ["X0,Y0,X1,Y1"]
+
+
+def point_arg(text: str) -> tuple[float, float, int]:
+    """``"x,y"`` or ``"x,y,label"`` → ``(x, y, label)`` (label 1 foreground, 0 background)."""
+    values = _numbers(text, "--point", (2, 3))
+    label = int(values[2]) if len(values) == 3 else 1
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(f"--point label must be 1 (foreground) or 0 (background), got {text!r}")
+    return values[0], values[1], label
+
+
+def box_arg(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` → a box with ``x0 < x1`` and ``y0 < y1``."""
+    x0, y0, x1, y1 = _numbers(text, "--box", (4,))
+    if not (x0 < x1 and y0 < y1):
+        raise argparse.ArgumentTypeError(f"--box needs x0 < x1 and y0 < y1, got {text!r}")
+    return x0, y0, x1, y1
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict",
+        help="prompt-based (interactive) segmentation of one image from points/boxes",
+        description="Segment one object of IMAGE from point and/or box prompts (x, y image pixels) and write the "
+        "best mask (.png: uint8 0/255, .tif: uint32 labels) plus <OUT stem>.json with the scores.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, TIFF, ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output mask: OUT.png, OUT.tif or OUT.tiff")
+    p.add_argument("--model", default=None,
+                   help="registered model name or checkpoint path (default: the embedded default model)")
+    p.add_argument("--point", type=point_arg, action="append", default=[], metavar="X,Y[,LABEL]",
+                   help="point prompt (repeatable); LABEL 1 = foreground (default), 0 = background")
+    p.add_argument("--box", type=box_arg, default=None, metavar="X0,Y0,X1,Y1", help="box prompt")
+    p.add_argument("--multimask", action="store_true",
+                   help="predict three candidates and keep the best (helps with a single ambiguous point)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="encoder precision (default auto: bf16 where fast)")
+    p.add_argument("--device", default=None, help="torch device (default: automatic)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow checkpoints with pickled Python objects (only for files you trust)")
+    p.set_defaults(func=run)
+    return p
+
+
+def check_prompts(points: list[tuple[float, float, int]], box: tuple[float, ...] | None,
+                  shape: tuple[int, int]) -> None:
+    """Raise :class:`HistosamError` when there is no prompt or a prompt lies outside the ``H×W`` image."""
+    h, w = shape
+    if not points and box is None:
+        raise HistosamError("give at least one prompt: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1")
+    for x, y, _ in points:
+        if not (0 <= x < w and 0 <= y < h):
+            raise HistosamError(f"point ({x:g}, {y:g}) lies outside the {w}×{h} image (x, y pixels)")
+    if box is not None:
+        x0, y0, x1, y1 = box
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise HistosamError(f"box {list(box)} does not overlap the {w}×{h} image")
+    if points and not any(label == 1 for *_, label in points) and box is None:
+        raise HistosamError("only background points given: add a foreground point (label 1) or a box")
+
+
+def write_mask(path: Path, mask: np.ndarray) -> Path:
+    """Write a bool ``H×W`` mask atomically: ``.png`` uint8 0/255, ``.tif``/``.tiff`` uint32 labels 0/1."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image
+
+        from histosam.io.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+        return path
+    from histosam.io.labels import write_labels_tiff
+
+    return write_labels_tiff(path, mask.astype(np.uint32))
+
+
+def run(args: argparse.Namespace) -> int:
+    from histosam.inference.predictor import Predictor
+    from histosam.io.atomic import atomic_write
+    from histosam.io.images import read_image
+    from histosam.registry.loader import load_model
+
+    out = Path(args.output)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise HistosamError(f"output must end in {', '.join(OUTPUT_SUFFIXES)}, got {out.name!r}")
+    if not out.parent.is_dir():
+        raise HistosamError(f"output folder {out.parent} does not exist")
+    image = read_image(args.image)
+    check_prompts(args.point, args.box, image.shape[:2])
+    model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    predictor = Predictor(model, device=args.device, precision=args.precision)
+    predictor.set_image(image)
+    points = np.array([p[:2] for p in args.point], dtype=np.float32) if args.point else None
+    labels = np.array([p[2] for p in args.point], dtype=np.int64) if args.point else None
+    box = np.array(args.box, dtype=np.float32) if args.box is not None else None
+    pred = predictor.predict(points=points, labels=labels, box=box, multimask=args.multimask)
+    scores = pred.scores[0]
+    best = int(np.argmax(scores))
+    mask = pred.masks[0, best]
+    write_mask(out, mask)
+    rows, cols = np.nonzero(mask)
+    report: dict[str, Any] = {
+        "image": str(Path(args.image)),
+        "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
+        "output": str(out),
+        "model": model.config.name,
+        "architecture": model.config.architecture,
+        "device": str(predictor.device),
+        "precision": predictor.precision,
+        "prompts": {"points": [[x, y] for x, y, _ in args.point], "labels": [lab for *_, lab in args.point],
+                    "box": list(args.box) if args.box is not None else None},
+        "multimask": bool(args.multimask),
+        "scores": [float(s) for s in scores],
+        "best": best,
+        "best_score": float(scores[best]),
+        "area_px": int(mask.sum()),
+        "bbox_xyxy": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size
+        else None,
+    }
+    json_path = out.with_suffix(".json")
+    with atomic_write(json_path) as f:
+        json.dump(report, f, indent=2)
+    print(f"{out}: {report['area_px']} px, predicted IoU {report['best_score']:.3f} (scores in {json_path})")
+    return 0
