@@ -78,7 +78,10 @@ def model_from_contents(contents: formats.CheckpointContents, name: str = "",
             raise CheckpointError(f"{name!r} is a {arch} checkpoint, but {architecture} was requested")
         dec_kind = formats.decoder_kind(contents.decoder_state) if contents.decoder_state else None
         model = build_model(arch, instance_decoder=dec_kind, **overrides)
-        _load_strict(model.image_encoder, _strip(contents.sam_state, "image_encoder."), f"{name!r} image encoder")
+        encoder_state = _strip(contents.sam_state, "image_encoder.")
+        if arch == "vit_t":  # TinyViT's bias index tables are recomputed; some exports store them anyway
+            encoder_state = {k: v for k, v in encoder_state.items() if not k.endswith(".attention_bias_idxs")}
+        _load_strict(model.image_encoder, encoder_state, f"{name!r} image encoder")
         _load_strict(model.prompt_encoder, _strip(contents.sam_state, "prompt_encoder."), f"{name!r} prompt encoder")
         _load_strict(model.mask_decoder, _strip(contents.sam_state, "mask_decoder."), f"{name!r} mask decoder")
         other = [k for k in contents.sam_state if not k.startswith(("image_encoder.", "prompt_encoder.",
