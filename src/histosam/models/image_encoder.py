@@ -3,9 +3,10 @@
 Input ``B×3×S×S`` float (normalised, padded; S = ``img_size``, 1024 for the official models), output
 ``B×256×S/16×S/16``. Parameter names match Meta's checkpoints (``image_encoder.*``).
 
-Fast path: the decomposed relative-position bias is folded into the query/key vectors, so that attention runs
-as one ``scaled_dot_product_attention`` call without materialising the ``N×N`` bias (see
-:func:`attention_with_decomposed_rel_pos`). The result is mathematically identical to the reference.
+Fast path: attention with the decomposed relative-position bias runs in blocks of query rows with in-place bias
+and softmax (see :func:`attention_with_decomposed_rel_pos`): the same arithmetic as the reference, less memory
+traffic, bounded memory. (On CPU this beat ``scaled_dot_product_attention`` with the bias folded into q/k or
+passed as a mask: the CPU flash kernel was 2× slower than the explicit product here.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 def attention_with_decomposed_rel_pos(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-    size: tuple[int, int], scale: float, fused: bool = True,
+    size: tuple[int, int], scale: float, fused: bool = True, chunk_elements: int = 1 << 24,
 ) -> torch.Tensor:
     """Softmax attention with SAM's decomposed relative-position bias.
 
@@ -48,8 +49,10 @@ def attention_with_decomposed_rel_pos(
         rel_pos_h, rel_pos_w: ``(2H−1, d)`` / ``(2W−1, d)`` tables.
         size: ``(H, W)``.
         scale: multiplier of ``q·k`` (``d^-0.5``); the bias uses the *unscaled* query, as in SAM.
-        fused: fold the bias into augmented q/k and run one SDPA call (no ``N×N`` tensor); otherwise the
-            explicit reference computation.
+        fused: the fast path: queries are processed in blocks of whole token rows so that the attention
+            logits of one block stay below ``chunk_elements`` values (cache-friendly, bounded memory; the
+            ``N×N`` matrix of a global block is never materialised at once), the bias is added in place and
+            the softmax runs in place. ``False``: the reference computation in one piece.
     Returns:
         ``(B', N, d)``.
     """
@@ -58,24 +61,28 @@ def attention_with_decomposed_rel_pos(
     r_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, kh, d)
     r_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, kw, d)
     r_q = q.reshape(bsz, h, w, d)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h).reshape(bsz, n, h)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w).reshape(bsz, n, w)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)  # (B', h, w, kh)
+    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)  # (B', h, w, kw)
     if not fused:
         attn = (q * scale) @ k.transpose(-2, -1)
-        attn = attn.view(bsz, h, w, h, w) + rel_h.view(bsz, h, w, h, 1) + rel_w.view(bsz, h, w, 1, w)
+        attn = attn.view(bsz, h, w, h, w) + rel_h[..., None] + rel_w[..., None, :]
         attn = attn.view(bsz, n, n).softmax(dim=-1)
         return attn @ v
-    # q_aug · k_aug = scale·q·k + rel_h[q, row(k)] + rel_w[q, col(k)], with one-hot row/col codes on the keys.
-    rows = torch.arange(h, device=q.device).repeat_interleave(w)
-    cols = torch.arange(w, device=q.device).repeat(h)
-    onehot = torch.cat([F.one_hot(rows, h), F.one_hot(cols, w)], dim=1).to(k.dtype)  # (N, h + w)
-    q_aug = torch.cat([q * scale, rel_h, rel_w], dim=-1)
-    k_aug = torch.cat([k, onehot.expand(bsz, n, h + w)], dim=-1)
-    pad = (-q_aug.shape[-1]) % 8  # keep the head dim a multiple of 8 for the fast kernels
-    if pad:
-        q_aug = F.pad(q_aug, (0, pad))
-        k_aug = F.pad(k_aug, (0, pad))
-    return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
+    kt = k.transpose(-2, -1)
+    qs = q * scale
+    rows = max(1, min(h, chunk_elements // max(1, bsz * w * n)))
+    if rows >= h:
+        attn = torch.bmm(qs, kt)
+        attn.view(bsz, h, w, h, w).add_(rel_h[..., None]).add_(rel_w[..., None, :])
+        return torch.bmm(torch.softmax(attn, dim=-1), v)
+    out = torch.empty_like(q)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        sl = slice(r0 * w, r1 * w)
+        attn = torch.bmm(qs[:, sl], kt)
+        attn.view(bsz, r1 - r0, w, h, w).add_(rel_h[:, r0:r1, :, :, None]).add_(rel_w[:, r0:r1, :, None, :])
+        out[:, sl] = torch.bmm(torch.softmax(attn, dim=-1), v)
+    return out
 
 
 class Attention(nn.Module):

@@ -80,8 +80,8 @@ def crop_boxes(h: int, w: int, n_layers: int, overlap_ratio: float) -> tuple[lis
         overlap = int(overlap_ratio * short * (2 / n))
         cw = int(math.ceil((overlap * (n - 1) + w) / n))
         ch = int(math.ceil((overlap * (n - 1) + h) / n))
-        for y0 in [int((ch - overlap) * i) for i in range(n)]:
-            for x0 in [int((cw - overlap) * i) for i in range(n)]:
+        for x0 in [int((cw - overlap) * i) for i in range(n)]:
+            for y0 in [int((ch - overlap) * i) for i in range(n)]:
                 boxes.append([x0, y0, min(x0 + cw, w), min(y0 + ch, h)])
                 layers.append(layer + 1)
     return boxes, layers

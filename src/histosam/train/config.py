@@ -62,7 +62,9 @@ class TrainConfig:
     epochs: int = 100
     iterations_per_epoch: int = 100
     max_minutes: float | None = None  #: stop cleanly (and save) after this many minutes
-    amp: bool = True  #: bf16 autocast on CUDA and on CPUs with native bf16 (AMX / AVX512-BF16)
+    amp: bool = True  #: bf16 autocast on CUDA (on CPU only with cpu_amp)
+    cpu_amp: bool = False  #: also bf16 autocast on CPUs with native bf16 (faster; was seen to diverge to NaN)
+    grad_clip: float | None = 1.0  #: clip the gradient norm (None: off)
     # run
     seed: int = 0
     device: str = "auto"

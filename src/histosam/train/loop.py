@@ -90,9 +90,10 @@ class Trainer:
             self.opt, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience)
         self.out = Path(cfg.output_dir)
         self.epoch, self.step, self.best = 0, 0, math.inf
+        self.skipped_steps = 0
         from histosam.inference.runtime import cpu_has_fast_bf16
 
-        self.amp = bool(cfg.amp and (self.device.type == "cuda" or cpu_has_fast_bf16()))
+        self.amp = bool(cfg.amp and (self.device.type == "cuda" or (cfg.cpu_amp and cpu_has_fast_bf16())))
         if self.device.type == "cpu":
             self.model.to(memory_format=torch.channels_last)
 
@@ -201,6 +202,21 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    def _step(self) -> None:
+        """Optimiser step with gradient clipping; a step with non-finite gradients is skipped."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return
+        if self.cfg.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if not torch.isfinite(norm):
+            self.skipped_steps += 1
+            self.opt.zero_grad(set_to_none=True)
+            return
+        self.opt.step()
+
     def train_step(self, images, inst, targets, rng: np.random.Generator) -> dict[str, float]:
         """One iteration: SAM step, then decoder step (or one joint step, ``joint_step``). Returns the losses."""
         self.model.train()
@@ -228,7 +244,7 @@ class Trainer:
                     out["decoder_loss"] = float(dl.detach())
             if total.requires_grad:
                 total.backward()
-                self.opt.step()
+                self._step()
             self.step += 1
             return out
         self.opt.zero_grad(set_to_none=True)
@@ -241,7 +257,7 @@ class Trainer:
             loss = self.sam_objective(emb, inst_np, scale, hw, rng, self.step) if run_sam else None
         if loss is not None:
             loss.backward()
-            self.opt.step()
+            self._step()
             out["sam_loss"] = float(loss.detach())
         if self.train_decoder:
             self.opt.zero_grad(set_to_none=True)
@@ -252,7 +268,7 @@ class Trainer:
                                             [s.detach() for s in skips] if self.encoder_frozen else skips,
                                             hw, targets)
             dl.backward()
-            self.opt.step()
+            self._step()
             out["decoder_loss"] = float(dl.detach())
         self.step += 1
         return out
@@ -301,7 +317,8 @@ class Trainer:
         out = []
         for i in range(n):
             image, gt = self.val_ds.images[i], self.val_ds.labels[i]
-            seg = segment(image, model=self.model, precision="fp32", device=str(self.device))
+            seg = segment(image, model=self.model, precision="fp32", device=str(self.device),
+                          on_incomplete="warn", context=64)
             out.append(mean_segmentation_accuracy(gt.astype(np.uint32), seg))
         return out
 
