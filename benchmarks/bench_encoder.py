@@ -18,10 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reference_models import TINY, VIT_B, reference_sam, save_sam  # noqa: E402
-
 import histosam  # noqa: E402
 from histosam.inference.runtime import autocast, resolve_precision  # noqa: E402
+from reference_models import TINY, VIT_B, reference_sam, save_sam  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
