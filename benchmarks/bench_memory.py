@@ -47,7 +47,7 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
-def child(image: str, out: str, model: str | None, chunk: int) -> None:
+def child(image: str, out: str, model: str | None, chunk: int, cache_mb: float | None) -> None:
     import torch  # noqa: F401 - imported up front so that "after imports" includes it (~180 MiB)
     import tqdm.auto  # noqa: F401
 
@@ -58,11 +58,12 @@ def child(image: str, out: str, model: str | None, chunk: int) -> None:
 
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
+    kw = {} if cache_mb is None else {"cache_mb": cache_mb}
     if model:
-        names = pipeline.segment_file(image, out, model, chunk=chunk, progress=False, overwrite=True)
+        names = pipeline.segment_file(image, out, model, chunk=chunk, progress=False, overwrite=True, **kw)
     else:
         names = pipeline.segment_file(image, out, None, predict_maps=colour_threshold_maps, chunk=chunk,
-                                      progress=False, overwrite=True)
+                                      progress=False, overwrite=True, **kw)
     wall = time.perf_counter() - t
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     prov = json.loads(Path(names["provenance"]).read_text())
@@ -77,12 +78,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=10_000, help="image side in pixels (default 10000)")
     ap.add_argument("--model", default=None, help="model name/path (default: fake colour-threshold maps)")
     ap.add_argument("--chunk", type=int, default=1024, help="post-processing chunk (default 1024)")
+    ap.add_argument("--cache-mb", type=float, default=None,
+                    help="tile-map cache budget of the chunk engine (default: the engine's)")
     ap.add_argument("--workdir", default=None, help="folder for the image and outputs (default: a temp dir)")
     ap.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--write-image", metavar="PATH", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.model, args.chunk)
+        child(args.child[0], args.child[1], args.model, args.chunk, args.cache_mb)
         return
     if args.write_image:
         write_image(Path(args.write_image), args.size)
@@ -97,13 +100,15 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", str(image), str(Path(tmp) / "out"), "--chunk", str(args.chunk)]
         if args.model:
             cmd += ["--model", args.model]
+        if args.cache_mb is not None:
+            cmd += ["--cache-mb", str(args.cache_mb)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if res.returncode != 0:
             sys.exit(f"child failed:\n{res.stderr}")
         r = json.loads(res.stdout.strip().splitlines()[-1])
     image_mb = args.size * args.size * 3 / 2**20
     print(f"image {args.size}x{args.size} ({image_mb:.0f} MiB RGB), predictor "
-          f"{args.model or 'fake colour-threshold'}, chunk {args.chunk}")
+          f"{args.model or 'fake colour-threshold'}, chunk {args.chunk}, cache_mb {args.cache_mb or 'default'}")
     print(f"peak RSS {r['peak_rss_mb']:.0f} MiB (VmHWM {r['vm_hwm_mb']:.0f} MiB; after imports "
           f"{r['after_import_rss_mb']:.0f} MiB); "
           f"{r['n_objects']} nuclei in {r['wall_s']:.1f} s -> {r['labels']}")
