@@ -108,6 +108,15 @@ def test_resume_and_glob(tmp_path, model_file, fast_maps, capsys):
     assert "2 done, 0 skipped, 0 failed" in capsys.readouterr().err
 
 
+def test_output_folder_inside_input_folder(tmp_path, model_file, fast_maps, capsys):
+    save(tmp_path / "a.png", he_image(128, 128, 8))
+    args = ["segment", str(tmp_path), "-o", str(tmp_path), "--model", str(model_file), "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0  # a_labels.tif from the first run is not taken as an input
+    assert "0 done, 1 skipped, 0 failed" in capsys.readouterr().err
+    assert not list(tmp_path.glob("a_labels_*"))
+
+
 def test_params_are_parsed_and_checked(tmp_path, model_file, fast_maps, capsys):
     img = save(tmp_path / "a.png", he_image(128, 128, 3))
     base = ["segment", str(img), "-o", str(tmp_path / "out"), "--model", str(model_file), "--no-progress"]

@@ -136,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
     params = parse_params(args.param, args.mode)
     check_params(args.mode, params)  # values too, once for all inputs
     paths, failed = _expand(args.inputs)
+    out_dir = Path(args.output)
+    if out_dir.is_dir():  # label images written by an earlier run into the same folder are not inputs
+        ours = out_dir.resolve()
+        paths = [p for p in paths if not (p.name.endswith("_labels.tif") and p.parent.resolve() == ours)]
 
     def fail(what: str, msg: str) -> None:
         failed.append((what, msg))
@@ -145,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"histosam segment: {item}: error: {msg}", file=sys.stderr)
     if not paths:
         raise HistosamError("no input images found")
-    out_dir = Path(args.output)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     model = None
     owners: dict[str, Path] = {}
