@@ -36,9 +36,16 @@ def resolve_model(model: Any = None, device: str | None = None, require_decoder:
 
 
 def default_tiling(model, shape: tuple[int, int]) -> tuple[int, int]:
-    """(tile, halo) for the engine: the outer tile (tile + 2·halo) fits the model frame at native resolution;
-    ``resize_longest_side`` models use PathoSAM's 384 + 2·64 (each 512-px tile is resized to the frame)."""
+    """(tile, halo) for the engine.
+
+    Native-resolution models (nano): the outer tile (tile + 2·halo) fills the model frame. ``resize_longest_side``
+    models (SAM, PathoSAM): an image up to 512 px a side is one tile (micro-sam's untiled path: the whole image is
+    resized to the frame); larger images use PathoSAM's tiling, 384 + 2·64 px tiles each resized to the frame
+    (what PathoSAM used on MoNuSeg, CoNSeP, Lizard, CPM15, PUMA and in its whole-slide CLI)."""
     if model.config.resize_longest_side:
+        if max(shape) <= 512:
+            side = max(shape)
+            return side, 0
         return 384, 64
     frame = model.image_size
     halo = frame // 8
@@ -53,7 +60,7 @@ def rescale_factor(mpp: float | None, model) -> float:
     return 1.0 if abs(factor - 1.0) < 0.05 else factor
 
 
-def _resample_rgb(image: np.ndarray, factor: float) -> np.ndarray:
+def resample_rgb(image: np.ndarray, factor: float) -> np.ndarray:
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -61,7 +68,7 @@ def _resample_rgb(image: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
-def _resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows = np.minimum((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0], labels.shape[0] - 1).astype(int)
     cols = np.minimum((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1], labels.shape[1] - 1).astype(int)
     return labels[rows[:, None], cols[None, :]]
@@ -100,7 +107,7 @@ def segment(image: np.ndarray, model: Any = None, mode: str = "ais", *, tile: in
         raise HistosamError(f"mode must be 'ais' or 'amg', not {mode!r}")
     model = resolve_model(model, device, require_decoder=(mode == "ais"))
     factor = rescale_factor(mpp, model)
-    work = _resample_rgb(rgb, factor) if factor != 1.0 else rgb
+    work = resample_rgb(rgb, factor) if factor != 1.0 else rgb
     if mode == "amg":
         labels = _segment_amg(work, model, device, precision, params)
     else:
@@ -113,7 +120,7 @@ def segment(image: np.ndarray, model: Any = None, mode: str = "ais", *, tile: in
         labels = segment_array(work, predict, tile=tile or d_tile, halo=d_halo if halo is None else halo,
                                chunk=chunk, params=ais, batch_size=batch_size, **rest)
     if factor != 1.0:
-        labels = _resample_labels(labels, rgb.shape[:2])
+        labels = resample_labels(labels, rgb.shape[:2])
     return labels.astype(np.uint32, copy=False)
 
 

@@ -193,7 +193,7 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
              batch_size, device, precision, mpp, progress, desc, params) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from histosam.automatic import _resample_rgb, default_tiling, rescale_factor, split_params
+    from histosam.automatic import resample_rgb, default_tiling, rescale_factor, split_params
     from histosam.postprocess.ais import AISParams
     from histosam.tiling.engine import iter_ais_chunks
     from histosam.tiling.grid import TileGrid
@@ -205,7 +205,7 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
     else:
         ais = AISParams.from_dict({k: v for k, v in params.items() if k not in engine})
         factor = 1.0
-    work = _resample_rgb(rgb, factor) if factor != 1.0 else rgb
+    work = resample_rgb(rgb, factor) if factor != 1.0 else rgb
     shape = work.shape[:2]
     d_tile, d_halo = default_tiling(model, shape) if model is not None else (384, 64)
     tile, halo = tile or d_tile, d_halo if halo is None else halo
