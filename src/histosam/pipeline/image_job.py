@@ -193,7 +193,7 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
              batch_size, device, precision, mpp, progress, desc, params) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from histosam.automatic import resample_rgb, default_tiling, rescale_factor, split_params
+    from histosam.automatic import default_tiling, resample_rgb, rescale_factor, split_params
     from histosam.postprocess.ais import AISParams
     from histosam.tiling.engine import iter_ais_chunks
     from histosam.tiling.grid import TileGrid
