@@ -56,6 +56,17 @@ def main() -> None:
               "postprocess": best.to_dict(), "val_msa_untiled_postprocessing": per_image,
               "val_msa_mean": float(np.mean(list(per_image.values()))), "grid": rows,
               "seconds": round(time.time() - t0, 1)}
+    # regression reference: the public inference path (tiled engine, fp32) on the first two validation images
+    from histosam.automatic import segment
+
+    shipped = load_model(OUT / "histosam-nano.pt", device="cpu")
+    record["regression"] = {}
+    for s in val[:2]:
+        img, lab = read_sample(s)
+        seg = segment(img, model=shipped, precision="fp32")
+        record["regression"][s.id] = {
+            "image": "/".join(Path(s.image).parts[-3:]), "msa": mean_segmentation_accuracy(lab.astype(np.uint32), seg),
+            "n_objects": int(seg.max())}
     with atomic_write(OUT / "histosam-nano.json", "w") as fh:
         json.dump(record, fh, indent=1)
     print(json.dumps({k: v for k, v in record.items() if k != "grid"}, indent=1))
