@@ -33,6 +33,20 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
+def _replace_or_discard(tmp: Path, path: Path) -> Iterator[None]:
+    """Run the body that fills the temporary file ``tmp``; then move it onto ``path`` (``os.replace``)
+    and fsync the folder. If the body or the move raises, ``tmp`` is removed and the exception re-raised."""
+    try:
+        yield
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Context manager yielding an open file that replaces ``path`` atomically on success.
 
@@ -45,19 +59,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
     tmp = _tmp_name(path)
-    try:
+    with _replace_or_discard(tmp, path):
         with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         if "x" in mode and path.exists():
             raise FileExistsError(path)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 @contextlib.contextmanager
@@ -66,17 +74,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     it replaces ``path`` atomically on success and is removed on an exception."""
     path = Path(path)
     tmp = _tmp_name(path, suffix="".join(path.suffixes))
-    try:
+    with _replace_or_discard(tmp, path):
         yield tmp
         with contextlib.suppress(OSError):
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 @contextlib.contextmanager
