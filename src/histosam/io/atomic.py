@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
-__all__ = ["atomic_write", "atomic_path", "atomic_dir"]
+__all__ = ["atomic_write", "atomic_path", "atomic_dir", "AtomicStreamWriter"]
 
 
 def _tmp_name(path: Path, suffix: str = "") -> Path:
@@ -104,3 +104,47 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class AtomicStreamWriter:
+    """Base for streaming writers whose output appears at ``path`` only when :meth:`close` is called.
+
+    A subclass's ``__init__`` sets ``path``, enters an atomic context (:func:`atomic_write`,
+    :func:`atomic_dir`, ...) and keeps it, not yet exited, in ``_ctx``, and sets ``_closed = False``.
+    It may override :meth:`_finish` to write trailers before the output is moved into place.
+    ``close()`` and ``abort()`` act once; ``abort()`` (or an exception inside ``with``) discards the
+    output and leaves any old file at ``path`` untouched.
+    """
+
+    path: Path
+    _ctx: contextlib.AbstractContextManager
+    _closed: bool
+
+    def _finish(self) -> None:
+        """Complete the output (trailers, inner streams) just before it is moved into place."""
+
+    def close(self) -> Path:
+        if not self._closed:
+            self._closed = True
+            self._finish()
+            self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            err = RuntimeError(f"{type(self).__name__} aborted")
+            try:
+                self._ctx.__exit__(RuntimeError, err, None)
+            except RuntimeError as e:
+                if e is not err:
+                    raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -23,7 +23,7 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from histosam.errors import HistosamError
-from histosam.io.atomic import atomic_write
+from histosam.io.atomic import AtomicStreamWriter, atomic_write
 
 __all__ = ["feature", "GeoJSONWriter", "write_geojson", "read_geojson", "DEFAULT_CLASS"]
 
@@ -70,7 +70,7 @@ def feature(
     return {"type": "Feature", "id": fid, "geometry": geo, "properties": props}
 
 
-class GeoJSONWriter:
+class GeoJSONWriter(AtomicStreamWriter):
     """Streaming FeatureCollection writer: ``add(features)`` appends as chunks are processed; ``close()``
     finishes the file and moves it into place atomically (nothing appears at ``path`` before that, and an
     exception inside ``with`` leaves any old file untouched). Memory holds one feature at a time.
@@ -97,33 +97,10 @@ class GeoJSONWriter:
             self._out.write((",\n" if self.count else "").encode() + text.encode("utf-8"))
             self.count += 1
 
-    def close(self) -> Path:
-        if not self._closed:
-            self._closed = True
-            self._out.write(b"\n]}\n")
-            if self._gz is not None:
-                self._gz.close()
-            self._ctx.__exit__(None, None, None)
-        return self.path
-
-    def abort(self) -> None:
-        if not self._closed:
-            self._closed = True
-            err = RuntimeError("GeoJSONWriter aborted")
-            try:
-                self._ctx.__exit__(RuntimeError, err, None)
-            except RuntimeError as e:
-                if e is not err:
-                    raise
-
-    def __enter__(self) -> GeoJSONWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+    def _finish(self) -> None:
+        self._out.write(b"\n]}\n")
+        if self._gz is not None:
+            self._gz.close()
 
 
 def write_geojson(path: str | os.PathLike, features: Iterable[Mapping]) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import tifffile
 
 from histosam.errors import HistosamError
-from histosam.io.atomic import atomic_dir, atomic_path
+from histosam.io.atomic import AtomicStreamWriter, atomic_dir, atomic_path
 
 __all__ = ["write_labels_tiff", "read_labels", "write_labels_zarr", "ZarrLabelWriter"]
 
@@ -62,7 +62,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     return _as_labels(np.squeeze(arr))
 
 
-class ZarrLabelWriter:
+class ZarrLabelWriter(AtomicStreamWriter):
     """Streaming OME-Zarr label writer: ``write(row0, col0, crop)`` pastes non-zero pixels; ``close()``
     finalises atomically (the store appears at ``path`` only then).
 
@@ -112,31 +112,6 @@ class ZarrLabelWriter:
         m = crop > 0
         cur[m] = crop[m]
         self.array[region] = cur
-
-    def close(self) -> Path:
-        if not self._closed:
-            self._closed = True
-            self._ctx.__exit__(None, None, None)
-        return self.path
-
-    def abort(self) -> None:
-        if not self._closed:
-            self._closed = True
-            err = RuntimeError("ZarrLabelWriter aborted")
-            try:
-                self._ctx.__exit__(RuntimeError, err, None)
-            except RuntimeError as e:
-                if e is not err:
-                    raise
-
-    def __enter__(self) -> ZarrLabelWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_labels_zarr(
