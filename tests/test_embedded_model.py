@@ -64,10 +64,10 @@ def test_interactive_point_on_a_nucleus(nano):
 
 @pytest.mark.data
 def test_recorded_validation_score_reproduces(nano, shared_data: Path):
+    import tifffile
+
     from histosam.evaluation.metrics import mean_segmentation_accuracy
     from histosam.io.images import read_image
-
-    import tifffile
 
     record = json.loads(RECORD.read_text())
     for entry in record["regression"].values():

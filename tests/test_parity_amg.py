@@ -10,10 +10,9 @@ from reference_shims import install_torchvision_shim
 install_torchvision_shim()
 pytest.importorskip("segment_anything")
 
-from reference_models import TINY, reference_sam, save_sam  # noqa: E402
-
 import histosam  # noqa: E402
 from histosam.postprocess.amg import AMGParams, crop_boxes, generate_masks, masks_to_labels, point_grid  # noqa: E402
+from reference_models import TINY, reference_sam, save_sam  # noqa: E402
 
 
 def test_point_grid_and_crop_boxes_match_reference():

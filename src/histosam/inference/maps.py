@@ -22,8 +22,9 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
 
     Args:
         model: a model with an instance decoder.
-        tiles: ``B×h×w×3`` uint8 RGB (every tile at most the model frame at native resolution; any size for
-            ``resize_longest_side`` models, which resize each tile as ``SamPredictor.set_image`` does).
+        tiles: ``B×h×w×3`` uint8 RGB. ``resize_longest_side`` models resize each tile to the frame as
+            ``SamPredictor.set_image`` does; native-resolution (fully convolutional) models pad it to the frame,
+            or to the next multiple of 16 when the tile is larger than the frame.
         precision: see :func:`histosam.inference.runtime.resolve_precision`.
         encoder_batch: tiles encoded together.
     Returns:
@@ -44,9 +45,9 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
     if model.config.resize_longest_side:
         input_size = pre.target_size(h, w, frame)
     else:
-        if max(h, w) > frame:
-            raise ValueError(f"tiles of {h}×{w} exceed the model frame {frame}; use the tiling engine")
+        # fully convolutional models (nano) take any frame: pad to a multiple of 16 when the tile is larger
         input_size = (h, w)
+        frame = max(frame, -(-max(h, w) // 16) * 16)
     per_tile_decoder = model.config.instance_decoder in ("unetr", "unetr_interp")
     out = np.empty((b, 3, h, w), dtype=np.float32)
     for start in range(0, b, encoder_batch):

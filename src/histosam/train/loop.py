@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histosam.train.checkpoint import atomic_torch_save, load_model_weights, load_train_state, save_model
+from histosam.train.checkpoint import atomic_torch_save, load_train_state, save_model
 from histosam.train.config import TrainConfig
 from histosam.train.losses import distance_loss, sam_loss
 from histosam.train.prompts import (
@@ -401,19 +401,42 @@ class Trainer:
         return {"epochs_done": self.epoch, "step": self.step, "stopped_early": stopped, "history": history}
 
 
+def initial_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The model to finetune from ``cfg.checkpoint``: any format ``histosam.load_model`` reads (registry name,
+    SAM ``.pth``, micro-sam/PathoSAM ``model_state`` + ``decoder_state``, histosam). With
+    ``with_instance_decoder`` and a checkpoint without one, a new (randomly initialised) decoder is attached."""
+    from histosam.models.build import build_model
+    from histosam.registry.loader import load_model
+
+    model = load_model(cfg.checkpoint, device="cpu")
+    arch = model.config.architecture
+    if cfg.model and cfg.model != arch:
+        from histosam.errors import CheckpointError
+
+        raise CheckpointError(f"checkpoint {cfg.checkpoint} is a {arch} model, but the config says model: {cfg.model}")
+    if cfg.with_instance_decoder and model.instance_decoder is None:
+        kind = "nano" if arch == "nano" else "unetr"
+        fresh = build_model(arch, instance_decoder=kind, **dict(model.config.overrides))
+        model.instance_decoder = fresh.instance_decoder
+        model.config.instance_decoder = kind
+    model.config.name = f"{model.config.name}-finetuned"
+    return model
+
+
 def build_and_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Build the model and data of ``cfg`` and train (the ``histosam train`` entry point)."""
     from histosam.models.build import build_model
     from histosam.train.data import PatchDataset, list_samples, read_sample, split_samples
 
     torch.manual_seed(cfg.seed)
-    if cfg.model == "nano":
-        kwargs: dict[str, Any] = {} if cfg.with_instance_decoder else {"instance_decoder": None}
-    else:
-        kwargs = {"instance_decoder": "unetr"} if cfg.with_instance_decoder else {}
-    model = build_model(cfg.model, **kwargs)
     if cfg.checkpoint:
-        load_model_weights(model, cfg.checkpoint)
+        model = initial_model(cfg)
+    else:
+        if cfg.model == "nano":
+            kwargs: dict[str, Any] = {} if cfg.with_instance_decoder else {"instance_decoder": None}
+        else:
+            kwargs = {"instance_decoder": "unetr"} if cfg.with_instance_decoder else {}
+        model = build_model(cfg.model, **kwargs)
     train_s, val_s = split_samples(list_samples(cfg.data_dirs), cfg.val_ids, cfg.val_fraction, cfg.seed)
     data_kw = dict(min_instances=cfg.min_instances, min_size=cfg.min_size, augment=cfg.augment,
                    scale_range=cfg.scale_range, hed=cfg.hed_jitter, brightness=cfg.brightness,
