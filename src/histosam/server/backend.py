@@ -62,18 +62,6 @@ class ModelBackend(Protocol):
         """Automatic instance segmentation of the whole image."""
         ...
 
-    def _amg(self, entry: WeightEntry, image: DecodedImage, params: dict[str, Any]) -> AutoResult:
-        """AMG on the cached Predictor (embedding shared with prompts), keeping each mask's predicted IoU.
-
-        Same result as ``histosam.segment(image, model, mode="amg", **params)``, which builds a fresh Predictor.
-        """
-        from histosam.postprocess.amg import AMGParams, generate_masks, masks_to_labels
-
-        pred = self._predictor(entry, image)
-        records = generate_masks(pred, image.pixels, AMGParams.from_dict(params))
-        labels = masks_to_labels(records, image.shape)
-        return AutoResult(labels=labels, mode="amg", scores=_label_scores(labels, records))
-
     def stats(self) -> dict[str, Any]:
         """Counters for ``/sam/health/`` (cache hits/misses, loaded models)."""
         ...
