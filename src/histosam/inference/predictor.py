@@ -293,16 +293,27 @@ class Predictor:
             return self.model.decode_masks(emb, multimask=multimask, **kwargs)
 
 
+def _batched(value, dtype, name: str, item: tuple[int | str, ...]) -> np.ndarray:
+    """``value`` as a ``dtype`` array with a leading batch axis: shape ``item`` gains one, ``(B, *item)``
+    is kept. ``item`` entries are fixed sizes (int) or free sizes (str, a name for the error message)."""
+    arr = np.asarray(value, dtype=dtype)
+    if arr.ndim == len(item):
+        arr = arr[None]
+    if arr.ndim != len(item) + 1 or any(
+        isinstance(want, int) and got != want for got, want in zip(arr.shape[1:], item)
+    ):
+        dims = ", ".join(map(str, item))
+        one = f"({dims},)" if len(item) == 1 else f"({dims})"
+        raise HistosamError(f"{name} must have shape {one} or (B, {dims}), got {np.shape(value)}")
+    return arr
+
+
 def _batch_prompts(points, labels, box, mask_input):
     """Normalise prompt arrays to batched numpy arrays; returns (points, labels, boxes, masks, B)."""
     pts = lbl = boxes = masks = None
     sizes = []
     if points is not None:
-        pts = np.asarray(points, dtype=np.float32)
-        if pts.ndim == 2:
-            pts = pts[None]
-        if pts.ndim != 3 or pts.shape[-1] != 2:
-            raise HistosamError(f"points must have shape (N, 2) or (B, N, 2), got {np.shape(points)}")
+        pts = _batched(points, np.float32, "points", ("N", 2))
         lbl = np.ones(pts.shape[:2], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         if lbl.ndim == 1:
             lbl = lbl[None]
@@ -310,18 +321,10 @@ def _batch_prompts(points, labels, box, mask_input):
             raise HistosamError(f"labels shape {lbl.shape} does not match points {pts.shape[:2]}")
         sizes.append(pts.shape[0])
     if box is not None:
-        boxes = np.asarray(box, dtype=np.float32)
-        if boxes.ndim == 1:
-            boxes = boxes[None]
-        if boxes.ndim != 2 or boxes.shape[-1] != 4:
-            raise HistosamError(f"box must have shape (4,) or (B, 4), got {np.shape(box)}")
+        boxes = _batched(box, np.float32, "box", (4,))
         sizes.append(boxes.shape[0])
     if mask_input is not None:
-        masks = np.asarray(mask_input, dtype=np.float32)
-        if masks.ndim == 3:
-            masks = masks[None]
-        if masks.ndim != 4 or masks.shape[1] != 1:
-            raise HistosamError(f"mask_input must have shape (1, h, w) or (B, 1, h, w), got {np.shape(mask_input)}")
+        masks = _batched(mask_input, np.float32, "mask_input", (1, "h", "w"))
         sizes.append(masks.shape[0])
     if not sizes:
         raise HistosamError("give at least one prompt: points, a box or a mask")
