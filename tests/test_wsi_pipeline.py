@@ -244,3 +244,30 @@ def test_real_svs_smoke(tmp_path):
         gj = json.load(f)
     xs = [x for f in gj["features"] for x, _ in f["geometry"]["coordinates"][0]]
     assert 800 <= min(xs) and max(xs) <= 1824 + 20
+
+
+def test_full_disk_while_writing_outputs_loses_nothing(slide, tmp_path, monkeypatch):
+    """A full disk (ENOSPC) while the final outputs are written: clear error, no half-written outputs, the
+    committed chunks survive, and a rerun after space is freed produces the normal outputs."""
+    import errno
+
+    from histosam.io import geojson as geojson_mod
+
+    real_add = geojson_mod.GeoJSONWriter.add
+
+    def full_disk(self, features):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(geojson_mod.GeoJSONWriter, "add", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        segment_slide(slide, tmp_path, colour_threshold_maps, csv_table=True, **OPTS)
+    assert not (tmp_path / "syn.geojson.gz").exists()
+    assert not (tmp_path / "syn.parquet").exists()
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*tmp*"))
+    committed = _records(tmp_path)
+    assert committed  # chunk results were committed before the outputs were assembled
+    monkeypatch.setattr(geojson_mod.GeoJSONWriter, "add", real_add)
+    prov = segment_slide(slide, tmp_path, colour_threshold_maps, csv_table=True, **OPTS)
+    assert prov["chunks_computed_this_run"] == 0
+    gj = json.loads(_outputs(tmp_path)["geojson"])
+    assert len(gj["features"]) == prov["objects"] > 0
