@@ -68,13 +68,19 @@ def attention_with_decomposed_rel_pos(
         attn = attn.view(bsz, h, w, h, w) + rel_h[..., None] + rel_w[..., None, :]
         attn = attn.view(bsz, n, n).softmax(dim=-1)
         return attn @ v
-    kt = k.transpose(-2, -1)
     qs = q * scale
     rows = max(1, min(h, chunk_elements // max(1, bsz * w * n)))
     if rows >= h:
-        attn = torch.bmm(qs, kt)
-        attn.view(bsz, h, w, h, w).add_(rel_h[..., None]).add_(rel_w[..., None, :])
+        # small token grids (windows): fold the bias into the product, q_aug·k_aug = scale·q·k + rel_h + rel_w,
+        # with one-hot row/column codes on the keys (one GEMM instead of a GEMM plus two broadcast adds)
+        rows_idx = torch.arange(h, device=q.device).repeat_interleave(w)
+        cols_idx = torch.arange(w, device=q.device).repeat(h)
+        onehot = torch.cat([F.one_hot(rows_idx, h), F.one_hot(cols_idx, w)], dim=1).to(k.dtype)  # (N, h + w)
+        q_aug = torch.cat([qs, rel_h.reshape(bsz, n, h), rel_w.reshape(bsz, n, w)], dim=-1)
+        k_aug = torch.cat([k, onehot.expand(bsz, n, h + w)], dim=-1)
+        attn = torch.bmm(q_aug, k_aug.transpose(-2, -1))
         return torch.bmm(torch.softmax(attn, dim=-1), v)
+    kt = k.transpose(-2, -1).contiguous()  # once, not inside every blocked bmm
     out = torch.empty_like(q)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
