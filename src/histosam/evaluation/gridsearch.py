@@ -18,9 +18,9 @@ from histosam.postprocess.ais import AISParams, watershed_from_maps
 
 #: a compact grid (PathoSAM searched 5·5·6·3 values of centre/boundary thresholds, smoothing and min size)
 DEFAULT_GRID: dict[str, Sequence[Any]] = {
-    "center_distance_threshold": (0.3, 0.4, 0.5, 0.6),
-    "boundary_distance_threshold": (0.3, 0.4, 0.5, 0.6),
-    "distance_smoothing": (1.0, 1.6),
+    "center_distance_threshold": (0.3, 0.4, 0.5, 0.6, 0.7),
+    "boundary_distance_threshold": (0.4, 0.5, 0.6, 0.7),
+    "distance_smoothing": (0.6, 1.0, 1.6),
     "min_size": (0, 25),
 }
 

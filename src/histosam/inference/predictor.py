@@ -114,7 +114,9 @@ class Predictor:
         self._tiles: list[_Tile] | None = None
         self._rgb: np.ndarray | None = None
         self.image_key: str | None = None
-        self.original_size: tuple[int, int] | None = None
+        self.original_size: tuple[int, int] | None = None  # of the (possibly resampled) working image
+        self.input_size: tuple[int, int] | None = None  # of the image given to set_image
+        self.scale = 1.0
 
     # ------------------------------------------------------------------ image
     def _uses_tiles(self, h: int, w: int) -> bool:
@@ -133,13 +135,22 @@ class Predictor:
                 for r in tile_starts(h, self.frame, self.tile_overlap)
                 for c in tile_starts(w, self.frame, self.tile_overlap)]
 
-    def set_image(self, image: np.ndarray, embedding_path: str | os.PathLike | None = None) -> None:
+    def set_image(self, image: np.ndarray, embedding_path: str | os.PathLike | None = None,
+                  mpp: float | None = None) -> None:
         """Set the image to segment (any array :func:`~histosam.io.images.to_rgb_uint8` accepts).
 
         With ``embedding_path``: load the embeddings from that file when it matches this image and model, else
-        compute them (eagerly, all tiles) and write the file atomically.
+        compute them (eagerly, all tiles) and write the file atomically. With ``mpp`` (µm/px of ``image``) and a
+        model trained at a known resolution (``model.config.mpp``, e.g. histosam-nano at 0.25), the image is
+        resampled to the model's resolution; prompts and returned masks stay in the pixels of ``image``.
         """
+        from histosam.automatic import rescale_factor, resample_rgb
+
         rgb = to_rgb_uint8(image)
+        self.input_size = rgb.shape[:2]
+        self.scale = rescale_factor(mpp, self.model)
+        if self.scale != 1.0:
+            rgb = resample_rgb(rgb, self.scale)
         key = f"{image_hash(rgb)}:{self.model.config.name}:{self.precision}"
         self._rgb = rgb
         self.original_size = rgb.shape[:2]
@@ -232,6 +243,13 @@ class Predictor:
         """
         tiles = self._require_image()
         pts, lbl, boxes, masks, b = _batch_prompts(points, labels, box, mask_input)
+        if self.scale != 1.0:  # prompts in the caller's pixels -> the resampled working image
+            sy = self.original_size[0] / self.input_size[0]
+            sx = self.original_size[1] / self.input_size[1]
+            if pts is not None:
+                pts = pts * np.array([sx, sy], dtype=np.float32)
+            if boxes is not None:
+                boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
         assign = [self._choose_tile(tiles, pts, boxes, i) for i in range(b)]
         h, w = self.original_size
         c = 3 if multimask else 1
@@ -254,6 +272,10 @@ class Predictor:
                 out_masks[idx, :, tile.row: tile.row + tile.h, tile.col: tile.col + tile.w] = full.cpu().numpy()
                 origins[idx] = (tile.row, tile.col)
         assert low_res is not None
+        if self.scale != 1.0:  # masks back to the caller's pixel grid (nearest)
+            from histosam.automatic import resample_labels
+
+            out_masks = np.stack([np.stack([resample_labels(m, self.input_size) for m in row]) for row in out_masks])
         return Prediction(out_masks, out_scores, low_res, origins)
 
     def _choose_tile(self, tiles: list[_Tile], pts, boxes, i: int) -> int:
