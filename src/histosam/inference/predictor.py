@@ -144,7 +144,7 @@ class Predictor:
         model trained at a known resolution (``model.config.mpp``, e.g. histosam-nano at 0.25), the image is
         resampled to the model's resolution; prompts and returned masks stay in the pixels of ``image``.
         """
-        from histosam.automatic import rescale_factor, resample_rgb
+        from histosam.automatic import resample_rgb, rescale_factor
 
         rgb = to_rgb_uint8(image)
         self.input_size = rgb.shape[:2]
