@@ -4,11 +4,8 @@ import argparse
 import json
 import pathlib
 
-import numpy as np
 import pytest
-import tifffile
 import yaml
-from PIL import Image
 
 from histosam.cli import train as cli_train
 from histosam.train.config import ConfigError, from_dict, load_config
@@ -57,20 +54,10 @@ def test_shipped_configs_are_valid():
 
 def test_cli_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("histosam.models.build")
+    from conftest import write_nucleus_folder
     from histosam.cli.main import main
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        lab = np.zeros((80, 80), np.uint16)
-        rr, cc = np.ogrid[:80, :80]
-        for i in range(1, 8):
-            r, c = rng.integers(8, 72, 2)
-            lab[(rr - r) ** 2 + (cc - c) ** 2 <= 25] = i
-        img = np.where(lab[..., None] > 0, [90, 40, 140], [225, 220, 230]).astype(np.uint8)
-        Image.fromarray(img).save(data / f"im{k}.png")
-        tifffile.imwrite(data / f"im{k}_label.tif", lab)
+    data = write_nucleus_folder(tmp_path / "data")
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({"model": "tiny", "data_dirs": [str(data)], "val_ids": ["im2"],
                                    "patch_size": 64, "n_objects": 3, "n_sub_iterations": 2, "batch_size": 1,

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import tifffile
 import torch
 import yaml
-from PIL import Image
 
 import histosam
+from conftest import write_nucleus_folder
 from histosam.models.build import build_model
 from histosam.registry.formats import export_micro_sam
-
-
-def _data(folder):
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(3):
-        lab = np.zeros((80, 80), np.uint16)
-        rr, cc = np.ogrid[:80, :80]
-        for i in range(1, 8):
-            r, c = rng.integers(8, 72, 2)
-            lab[(rr - r) ** 2 + (cc - c) ** 2 <= 25] = i
-        img = np.where(lab[..., None] > 0, [90, 40, 140], [225, 220, 230]).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"im{k}.png")
-        tifffile.imwrite(folder / f"im{k}_label.tif", lab)
-    return folder
 
 
 @pytest.mark.parametrize("mode", ["mask_decoder", "decoders"])
@@ -37,8 +20,9 @@ def test_finetune_from_pathosam_format_and_export(tmp_path, mode):
     start = build_model("tiny", instance_decoder="unetr")
     ckpt = export_micro_sam(start, tmp_path / "pathosam_like.pt")  # {"model_state", "decoder_state"}
     cfg = tmp_path / "ft.yaml"
+    data = write_nucleus_folder(tmp_path / "d")
     cfg.write_text(yaml.safe_dump({
-        "model": "tiny", "checkpoint": str(ckpt), "finetune": mode, "data_dirs": [str(_data(tmp_path / "d"))],
+        "model": "tiny", "checkpoint": str(ckpt), "finetune": mode, "data_dirs": [str(data)],
         "val_ids": ["im2"], "patch_size": 64, "n_objects": 3, "n_sub_iterations": 2, "batch_size": 1,
         "min_instances": 2, "lr": 1e-3, "val_whole_images": False}))
     out = tmp_path / "run"
