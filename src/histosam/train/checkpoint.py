@@ -5,7 +5,8 @@
   "config": TrainConfig dict}``; written atomically (temp file in the same folder + ``os.replace``).
 - model files (``best.pt``, ``final.pt``): histosam's format ``{"format": "histosam", "version": 1,
   "config": ModelConfig dict, "state_dict": ..., "postprocess": {...}}``, through
-  ``histosam.registry.formats.save_histosam`` when that exists, else the private writer below.
+  ``histosam.registry.formats.save_histosam``. Initial weights for finetuning are read by
+  ``histosam.load_model`` (see ``histosam.train.loop.initial_model``).
 """
 
 from __future__ import annotations
@@ -37,54 +38,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def _model_config_dict(model: torch.nn.Module) -> dict[str, Any]:
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        return {}
-    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-
-
 def save_model(path: str | Path, model: torch.nn.Module) -> None:
     """Write ``model`` in histosam's checkpoint format (atomic)."""
-    try:
-        from histosam.registry.formats import save_histosam  # type: ignore[attr-defined]
-    except ImportError:
-        save_histosam = None
-    if save_histosam is not None:
-        save_histosam(model, path)
-        return
-    config = _model_config_dict(model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": "histosam", "version": 1, "config": config, "state_dict": state,
-                       "postprocess": dict(config.get("postprocess", {}))}, path)
+    from histosam.registry.formats import save_histosam
 
-
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Initial weights: a histosam file, a train state, or a plain state dict (strict=False, reported)."""
-    try:
-        from histosam.registry.formats import load_into  # type: ignore[attr-defined]
-    except ImportError:
-        load_into = None
-    if load_into is not None:
-        load_into(model, path)
-        return
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if isinstance(obj, dict) and "state_dict" in obj:
-        state = obj["state_dict"]
-    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        state = obj["model"]
-    elif isinstance(obj, dict):
-        state = obj
-    else:
-        raise CheckpointError(f"{path}: not a checkpoint (got {type(obj).__name__})")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if len(missing) == len(model.state_dict()):
-        raise CheckpointError(f"{path}: no parameter names match the {_model_config_dict(model).get('name')} model")
-    if missing or unexpected:
-        print(f"checkpoint {path}: {len(missing)} missing, {len(unexpected)} unexpected keys (kept random)")
+    save_histosam(model, path)
 
 
 def load_train_state(path: str | Path) -> dict[str, Any]:
