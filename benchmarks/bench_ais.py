@@ -49,13 +49,19 @@ def reference_watershed(maps: np.ndarray) -> np.ndarray:
     return relabel_sequential(seg)[0]
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def reference_ais(predictor, unetr, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
     t0 = time.perf_counter()
     predictor.set_image(image)
+    _sync()
     t1 = time.perf_counter()
     with torch.no_grad():
         maps = unetr.decode((predictor.features, None, None), tuple(predictor.input_size),
-                            tuple(predictor.original_size))[0].numpy()
+                            tuple(predictor.original_size))[0].cpu().numpy()
     t2 = time.perf_counter()
     seg = reference_watershed(maps)
     t3 = time.perf_counter()
@@ -98,6 +104,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="image side (default 1024)")
     ap.add_argument("--no-untiled", action="store_true", help="skip (c), histosam with one 1024 tile")
     ap.add_argument("--tiny", action="store_true", help="smoke test with a tiny 256-px ViT instead of ViT-B")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both stacks run there)")
     args = ap.parse_args()
 
     from reference_shims import install_torchvision_shim
@@ -116,27 +123,29 @@ def main() -> None:
     if unetr is None:
         sys.exit("torch-em is not installed (pip install --no-deps torch-em)")
     unetr.eval()
+    dev = torch.device(args.device)
+    sam, unetr = sam.to(dev), unetr.to(dev)
     image = he_image(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_micro_sam(sam, unetr, Path(tmp) / "vit_b_random.pt")
-        model = load_model(ckpt, device="cpu")
+        model = load_model(ckpt, device=dev)
     predictor = SamPredictor(sam)
     arch = "tiny ViT" if args.tiny else "ViT-B"
     print(f"image {args.size}x{args.size}, random {arch} (PathoSAM format), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, histosam precision auto -> "
-          f"{resolve_precision('auto', torch.device('cpu'))}", flush=True)
+          f"{torch.get_num_threads()} threads, device {dev}, histosam precision auto -> "
+          f"{resolve_precision('auto', dev)}", flush=True)
 
     seg_ref, t_ref = reference_ais(predictor, unetr, image)
     print("(a) reference (SamPredictor + torch-em UNETR + watershed): "
           + ", ".join(f"{k} {v:.1f}" for k, v in t_ref.items()) + f"; {seg_ref.max()} objects", flush=True)
     t = time.perf_counter()
-    seg = histosam.segment(image, model=model)
+    seg = histosam.segment(image, model=model, device=str(dev))
     t_b = time.perf_counter() - t
     print(f"(b) histosam.segment default (384+2x64 tiles, auto precision): {t_b:.1f} s; {seg.max()} objects; "
           f"ratio b/a {t_b / t_ref['total_s']:.2f}", flush=True)
     if not args.no_untiled:
         t = time.perf_counter()
-        seg = histosam.segment(image, model=model, tile=args.size, halo=0)
+        seg = histosam.segment(image, model=model, tile=args.size, halo=0, device=str(dev))
         t_c = time.perf_counter() - t
         print(f"(c) histosam.segment one {args.size} tile (same encoder work as a): {t_c:.1f} s; "
               f"{seg.max()} objects; ratio c/a {t_c / t_ref['total_s']:.2f}", flush=True)

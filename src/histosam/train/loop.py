@@ -143,46 +143,50 @@ class Trainer:
             return None
         kind, multimask = prompt_kind(iteration)
         p = inst.shape[-1]
+        # all objects of all images in one decoder batch: K = B·n objects, each with its image's embedding
+        gt = np.concatenate([inst[b][None] == ids[b][:, None, None] for b in range(inst.shape[0])])  # K×P×P
+        owner = np.repeat(np.arange(inst.shape[0]), [len(i) for i in ids])
+        emb_k = emb[torch.from_numpy(owner).to(emb.device)]
+        gt_t = torch.from_numpy(gt[:, None]).to(self.device)
+        low_res = cfg.sam_loss_resolution == "low"
+        gt_low = None
+        coords = labels = boxes = mask_in = None
+        if kind == "point":
+            coords = torch.from_numpy(random_points(gt, rng) * scale).to(self.device)
+            labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
+        else:
+            boxes = torch.from_numpy(boxes_from_masks(gt, rng, cfg.box_distortion) * scale).to(self.device)
         total = emb.new_zeros(())
-        for b in range(inst.shape[0]):
-            gt = inst[b][None] == ids[b][:, None, None]  # K×P×P
-            gt_t = torch.from_numpy(gt[:, None]).to(self.device)
-            low_res = cfg.sam_loss_resolution == "low"
-            gt_low = None
-            coords = labels = boxes = mask_in = None
-            if kind == "point":
-                coords = torch.from_numpy(random_points(gt, rng) * scale).to(self.device)
-                labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
+        for sub in range(cfg.n_sub_iterations):
+            low, iou = self.model.decode_masks(emb_k, coords, labels, boxes, mask_in,
+                                               multimask=multimask and sub == 0)
+            if low_res:
+                if gt_low is None:
+                    gt_low = self._gt_low_res(gt_t, low.shape[-1], hw, p)
+                loss, _, _ = sam_loss(low.float(), iou.float(), gt_low)
+                logits = None
             else:
-                boxes = torch.from_numpy(boxes_from_masks(gt, rng, cfg.box_distortion) * scale).to(self.device)
-            for sub in range(cfg.n_sub_iterations):
-                low, iou = self.model.decode_masks(emb[b:b + 1], coords, labels, boxes, mask_in,
-                                                   multimask=multimask and sub == 0)
-                if low_res:
-                    if gt_low is None:
-                        gt_low = self._gt_low_res(gt_t, low.shape[-1], hw, p)
-                    loss, _, _ = sam_loss(low.float(), iou.float(), gt_low)
-                    logits = None
-                else:
-                    logits = self._to_patch(low, hw, p)
-                    loss, _, _ = sam_loss(logits.float(), iou.float(), gt_t)
-                total = total + loss
-                if sub == cfg.n_sub_iterations - 1:
-                    break
-                with torch.no_grad():
-                    best = iou.argmax(dim=1)
-                    rows = torch.arange(len(best), device=best.device)
-                    if logits is None:
-                        logits = self._to_patch(low.detach(), hw, p)
-                    pred = (logits[rows, best] > 0).cpu().numpy()
-                    low_best = low[rows, best][:, None].detach()
-                new_c, new_l = correction_points(gt, pred, rng)
-                new_c = torch.from_numpy(new_c * scale).to(self.device)
-                new_l = torch.from_numpy(new_l).to(self.device)
-                coords = new_c if coords is None else torch.cat([coords, new_c], 1)
-                labels = new_l if labels is None else torch.cat([labels, new_l], 1)
-                mask_in = low_best if rng.random() < cfg.mask_prob else None
-        return total / (cfg.n_sub_iterations * inst.shape[0])
+                logits = self._to_patch(low, hw, p)
+                loss, _, _ = sam_loss(logits.float(), iou.float(), gt_t)
+            total = total + loss
+            if sub == cfg.n_sub_iterations - 1:
+                break
+            with torch.no_grad():
+                best = iou.argmax(dim=1)
+                rows = torch.arange(len(best), device=best.device)
+                if logits is None:
+                    logits = self._to_patch(low.detach(), hw, p)
+                pred = (logits[rows, best] > 0).cpu().numpy()
+                low_best = low[rows, best][:, None].detach()
+            new_c, new_l = correction_points(gt, pred, rng)
+            new_c = torch.from_numpy(new_c * scale).to(self.device)
+            new_l = torch.from_numpy(new_l).to(self.device)
+            coords = new_c if coords is None else torch.cat([coords, new_c], 1)
+            labels = new_l if labels is None else torch.cat([labels, new_l], 1)
+            mask_in = low_best if rng.random() < cfg.mask_prob else None
+        # every image contributes the same number of objects (sample_batch_objects), so the mean over all K
+        # objects equals the mean of the per-image means
+        return total / cfg.n_sub_iterations
 
     def _gt_low_res(self, gt: torch.Tensor, size: int, hw, p: int) -> torch.Tensor:
         """Object masks ``K×1×P×P`` → the mask decoder's low-res grid (``K×1×size×size``), area-averaged then
