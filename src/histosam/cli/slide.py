@@ -39,8 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--roi", default=None, help="QuPath GeoJSON file or x,y,w,h box in level-0 pixels")
     g.add_argument("--no-tissue-mask", action="store_true", help="process the whole slide / ROI")
     g = p.add_argument_group("tiling")
-    g.add_argument("--tile", type=int, default=384, help="model tile size in working pixels (default 384)")
-    g.add_argument("--halo", type=int, default=64, help="tile halo in working pixels (default 64)")
+    g.add_argument("--tile", type=int, default=None,
+                   help="model tile size in working pixels (default: the model's, 1024 for histosam-nano)")
+    g.add_argument("--halo", type=int, default=None,
+                   help="tile halo in working pixels (default: the model's, 224 for histosam-nano)")
     g.add_argument("--chunk", type=int, default=2048, help="post-processing chunk size (default 2048)")
     g.add_argument("--context", type=int, default=128, help="chunk context in pixels (default 128)")
     g = p.add_argument_group("execution")
@@ -62,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from histosam.wsi.roi import parse_roi
 
     for name in ("batch_size", "tile", "chunk"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise HistosamError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.halo < 0 or args.context < 0:
+    if (args.halo is not None and args.halo < 0) or args.context < 0:
         raise HistosamError("--halo and --context must be >= 0")
     if args.target_mpp <= 0 or (args.mpp is not None and args.mpp <= 0):
         raise HistosamError("--mpp and --target-mpp must be > 0")
@@ -73,9 +75,15 @@ def run(args: argparse.Namespace) -> int:
         from histosam.wsi.fake import colour_threshold_maps
 
         predict, model_name = colour_threshold_maps, "fake-colour-threshold"
+        tile, halo = 384, 64
     else:
+        from histosam.automatic import default_tiling
+
         predict, model_name = ModelMaps(args.model, args.device), args.model or "default"
         params = predict.postprocess  # loads the model now: a bad name fails before any slide
+        tile, halo = default_tiling(predict.loaded_model, (1 << 20, 1 << 20))
+    tile = args.tile if args.tile is not None else tile
+    halo = args.halo if args.halo is not None else halo
     roi = parse_roi(args.roi)
     client = cluster = None
     if args.workers and args.workers > 0:
@@ -95,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         status = segment_cohort(
             args.inputs, args.output, predict, mpp=args.mpp, overwrite=args.overwrite,
-            log=lambda m: print(m, file=sys.stderr), target_mpp=args.target_mpp, roi=roi, tile=args.tile,
-            halo=args.halo, chunk=args.chunk, context=args.context, batch_size=args.batch_size,
+            log=lambda m: print(m, file=sys.stderr), target_mpp=args.target_mpp, roi=roi, tile=tile,
+            halo=halo, chunk=args.chunk, context=args.context, batch_size=args.batch_size,
             params=params, use_tissue=not args.no_tissue_mask, client=client, csv_table=args.csv,
             progress=progress, model_name=model_name,
         )

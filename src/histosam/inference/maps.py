@@ -23,8 +23,8 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
     Args:
         model: a model with an instance decoder.
         tiles: ``B×h×w×3`` uint8 RGB. ``resize_longest_side`` models resize each tile to the frame as
-            ``SamPredictor.set_image`` does; native-resolution (fully convolutional) models pad it to the frame,
-            or to the next multiple of 16 when the tile is larger than the frame.
+            ``SamPredictor.set_image`` does; native-resolution (fully convolutional) models pad each axis to the
+            next multiple of 16 (bottom/right, after normalisation).
         precision: see :func:`histosam.inference.runtime.resolve_precision`.
         encoder_batch: tiles encoded together.
     Returns:
@@ -45,9 +45,11 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
     if model.config.resize_longest_side:
         input_size = pre.target_size(h, w, frame)
     else:
-        # fully convolutional models (nano) take any frame: pad to a multiple of 16 when the tile is larger
+        # fully convolutional models (nano) take any frame: each axis is padded only to a multiple of 16, so an
+        # edge tile sees the image border exactly as the untiled image does (no extra padded band inside the
+        # receptive field) and tiled maps equal untiled maps once the halo covers the receptive field
         input_size = (h, w)
-        frame = max(frame, -(-max(h, w) // 16) * 16)
+        frame = (-(-h // 16) * 16, -(-w // 16) * 16)
     per_tile_decoder = model.config.instance_decoder in ("unetr", "unetr_interp")
     out = np.empty((b, 3, h, w), dtype=np.float32)
     for start in range(0, b, encoder_batch):

@@ -81,13 +81,14 @@ class SegmentAnything(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
-    def preprocess(self, x: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
-        """Normalise ``B×3×h×w`` float RGB in 0–255 and zero-pad bottom/right to ``pad_to`` (default
-        ``image_size``); padding happens after normalisation, so padded pixels are 0 (as SAM)."""
+    def preprocess(self, x: torch.Tensor, pad_to: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """Normalise ``B×3×h×w`` float RGB in 0–255 and zero-pad bottom/right to ``pad_to`` (a side, or
+        ``(rows, cols)``; default ``image_size``); padding happens after normalisation, so padded pixels are 0
+        (as SAM)."""
         x = (x - self.pixel_mean) / self.pixel_std
-        side = pad_to or self.image_size
+        rows, cols = (pad_to, pad_to) if isinstance(pad_to, int) else (pad_to or (self.image_size,) * 2)
         h, w = x.shape[-2:]
-        return F.pad(x, (0, side - w, 0, side - h))
+        return F.pad(x, (0, cols - w, 0, rows - h))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Preprocessed frame ``B×3×S×S`` → (embedding ``B×256×S/s×S/s``, skips for the instance decoder)."""

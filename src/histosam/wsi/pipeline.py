@@ -61,6 +61,11 @@ class ModelMaps:
         return self._load()[1](tiles)
 
     @property
+    def loaded_model(self):
+        """The model itself (loaded on first use)."""
+        return self._load()[0]
+
+    @property
     def postprocess(self) -> dict:
         """AIS parameters that travel with the model (``model.config.postprocess``)."""
         cfg = getattr(self._load()[0], "config", None)
