@@ -15,6 +15,9 @@ from histosam.inference import preprocess as pre
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
 from histosam.models.sam import SegmentAnything
 
+#: input pixels per encoder forward pass (4 frames of 1024², or 1 frame of nano's default 1472² tile)
+MAX_BATCH_PIXELS = 4 * 1024 * 1024
+
 
 def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: torch.device | str | None = None,
                           precision: str = "auto", encoder_batch: int = 4) -> np.ndarray:
@@ -26,7 +29,8 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
             ``SamPredictor.set_image`` does; native-resolution (fully convolutional) models pad each axis to the
             next multiple of 16 (bottom/right, after normalisation).
         precision: see :func:`histosam.inference.runtime.resolve_precision`.
-        encoder_batch: tiles encoded together.
+        encoder_batch: tiles encoded together at most; fewer when the frames are large, so that one forward
+            pass holds at most ``MAX_BATCH_PIXELS`` input pixels (bounds the activation memory of big tiles).
     Returns:
         float32 ``B×3×h×w`` in [0, 1]: channel 0 foreground, 1 centre distance, 2 boundary distance.
 
@@ -52,8 +56,10 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
         frame = (-(-h // 16) * 16, -(-w // 16) * 16)
     per_tile_decoder = model.config.instance_decoder in ("unetr", "unetr_interp")
     out = np.empty((b, 3, h, w), dtype=np.float32)
-    for start in range(0, b, encoder_batch):
-        chunk = tiles[start: start + encoder_batch]
+    rows, cols = (frame, frame) if isinstance(frame, int) else frame
+    step = max(1, min(encoder_batch, MAX_BATCH_PIXELS // (rows * cols)))
+    for start in range(0, b, step):
+        chunk = tiles[start: start + step]
         batch = torch.cat([pre.image_to_tensor(pre.resize_rgb(t, input_size), dev) for t in chunk])
         x = model.preprocess(batch, pad_to=frame)
         if dev.type == "cpu":
