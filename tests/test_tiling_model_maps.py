@@ -41,15 +41,19 @@ def test_receptive_field_within_default_halo(nano):
     assert halo >= radius
 
 
+def _stitched(img: np.ndarray, predict, tile: int, halo: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    return MapAssembler(TileGrid((h, w), tile, halo), lambda r, c, hh, ww: img[r:r + hh, c:c + ww],
+                        predict).maps_for(Box(0, 0, h, w))
+
+
 @pytest.mark.parametrize("tile", [128, 320])
 def test_tiled_maps_equal_untiled(nano, tile):
     img = _image(600, 584)  # 600 is not a multiple of 16
     predict = make_map_predictor(nano, "cpu", "fp32")
     whole = predict(img[None])[0]
-    h, w = img.shape[:2]
-    grid = TileGrid((h, w), tile, 224)
-    stitched = MapAssembler(grid, lambda r, c, hh, ww: img[r:r + hh, c:c + ww], predict).maps_for(Box(0, 0, h, w))
-    assert stitched.shape == whole.shape == (3, h, w)
+    stitched = _stitched(img, predict, tile, 224)
+    assert stitched.shape == whole.shape == (3, *img.shape[:2])
     # random weights give maps with little spatial contrast (0.39-0.54), so the tolerance is tight: float
     # rounding only (measured <= 1.2e-7); a 16-px halo differs by ~8e-4 (test below)
     assert np.abs(stitched - whole).max() <= 2e-6
@@ -60,7 +64,5 @@ def test_short_halo_differs(nano):
     img = _image(600, 584)
     predict = make_map_predictor(nano, "cpu", "fp32")
     whole = predict(img[None])[0]
-    grid = TileGrid(img.shape[:2], 128, 16)
-    stitched = MapAssembler(grid, lambda r, c, hh, ww: img[r:r + hh, c:c + ww], predict).maps_for(
-        Box(0, 0, *img.shape[:2]))
+    stitched = _stitched(img, predict, 128, 16)
     assert np.abs(stitched - whole).max() > 2e-4

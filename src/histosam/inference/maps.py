@@ -45,9 +45,9 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
         raise ValueError(f"tiles must be B×h×w×3 uint8, got {tiles.shape} {tiles.dtype}")
     b, h, w, _ = tiles.shape
-    frame = model.image_size
     if model.config.resize_longest_side:
-        input_size = pre.target_size(h, w, frame)
+        input_size = pre.target_size(h, w, model.image_size)
+        frame = (model.image_size, model.image_size)
     else:
         # fully convolutional models (nano) take any frame: each axis is padded only to a multiple of 16, so an
         # edge tile sees the image border exactly as the untiled image does (no extra padded band inside the
@@ -56,8 +56,7 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
         frame = (-(-h // 16) * 16, -(-w // 16) * 16)
     per_tile_decoder = model.config.instance_decoder in ("unetr", "unetr_interp")
     out = np.empty((b, 3, h, w), dtype=np.float32)
-    rows, cols = (frame, frame) if isinstance(frame, int) else frame
-    step = max(1, min(encoder_batch, MAX_BATCH_PIXELS // (rows * cols)))
+    step = max(1, min(encoder_batch, MAX_BATCH_PIXELS // (frame[0] * frame[1])))
     for start in range(0, b, step):
         chunk = tiles[start: start + step]
         batch = torch.cat([pre.image_to_tensor(pre.resize_rgb(t, input_size), dev) for t in chunk])
