@@ -73,6 +73,37 @@ def test_attention_paths_agree(tiny_pair, fused):
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(40, 40), (33, 50)])
+def test_blocked_global_attention_equals_one_piece(size):
+    """Grids above the window size take the blocked path (row blocks with a short last one, strided inputs)."""
+    from histosam.models.image_encoder import attention_with_decomposed_rel_pos
+
+    torch.manual_seed(0)
+    (h, w), heads, d = size, 3, 16
+    q, k, v = torch.randn(h * w, 3, heads, d).permute(1, 2, 0, 3).unbind(0)  # (heads, N, d) strided views
+    rel_pos_h, rel_pos_w = torch.randn(2 * h - 1, d), torch.randn(2 * w - 1, d)
+    expected = attention_with_decomposed_rel_pos(q, k, v, rel_pos_h, rel_pos_w, size, d**-0.5, fused=False)
+    out = torch.zeros(h * w, heads, d)
+    attention_with_decomposed_rel_pos(q, k, v, rel_pos_h, rel_pos_w, size, d**-0.5, out=out.transpose(0, 1))
+    assert torch.allclose(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_blocked_global_attention_gradients():
+    """Finetuning the encoder goes through the blocked path too: its gradients equal the one-piece ones."""
+    from histosam.models.image_encoder import attention_with_decomposed_rel_pos
+
+    torch.manual_seed(1)
+    size, heads, d = (36, 36), 2, 8
+    inputs = [torch.randn(heads, 36 * 36, d, requires_grad=True) for _ in range(3)]
+    tables = [torch.randn(2 * 36 - 1, d, requires_grad=True) for _ in range(2)]
+    grads = []
+    for fused in (True, False):
+        out = attention_with_decomposed_rel_pos(*inputs, *tables, size, d**-0.5, fused=fused)
+        grads.append(torch.autograd.grad((out * out).sum(), inputs + tables))
+    for fast, slow in zip(*grads):
+        assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("prompt", ["point", "points", "box", "box_points", "mask"])
 @pytest.mark.parametrize("multimask", [True, False])
 def test_mask_parity(tiny_pair, prompt, multimask):
@@ -141,3 +172,45 @@ def test_vit_b_parity(tmp_path):
     for c in range(3):
         assert _iou(ours.masks[0, c], m_ref[c]) >= 0.99
     np.testing.assert_allclose(ours.scores[0], iou_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_encoder_parity_with_padded_windows(batch):
+    """Window 6 on a 16×16 grid pads every row and column of windows; the fast path skips the padded tokens."""
+    from histosam.models.image_encoder import ImageEncoderViT
+
+    cfg = dict(TINY, window_size=6, num_heads=4)
+    ref = reference_sam(cfg, seed=2).image_encoder
+    ours = ImageEncoderViT(img_size=cfg["img_size"], embed_dim=cfg["embed_dim"], depth=cfg["depth"],
+                           num_heads=cfg["num_heads"], window_size=cfg["window_size"],
+                           global_attn_indexes=cfg["global_attn_indexes"]).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, 3, cfg["img_size"], cfg["img_size"])
+    with torch.no_grad():
+        expected = ref(x)
+        fast = ours(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_bf16 = ours(x).float()
+    assert (fast - expected).abs().max() <= 1e-5 * expected.abs().max()
+    cos = torch.nn.functional.cosine_similarity(fast_bf16.flatten(), expected.flatten(), dim=0)
+    assert cos >= 0.999
+
+
+def test_encoder_gradients_match_reference():
+    """Finetuning through the fast path (padded windows, global blocks) gives the reference's gradients."""
+    from histosam.models.image_encoder import ImageEncoderViT
+
+    cfg = dict(TINY, window_size=6, img_size=704)  # 44×44 grid: padded windows and a blocked global attention
+    ref = reference_sam(cfg, seed=3).image_encoder
+    ours = ImageEncoderViT(img_size=cfg["img_size"], embed_dim=cfg["embed_dim"], depth=cfg["depth"],
+                           num_heads=cfg["num_heads"], window_size=cfg["window_size"],
+                           global_attn_indexes=cfg["global_attn_indexes"])
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, cfg["img_size"], cfg["img_size"])
+    for model in (ref, ours):
+        model.zero_grad()
+        model(x).square().mean().backward()
+    expected = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        g = expected[name].grad
+        assert torch.allclose(p.grad, g, atol=1e-5 * g.abs().max(), rtol=1e-3), name

@@ -3,10 +3,13 @@
 Input ``B×3×S×S`` float (normalised, padded; S = ``img_size``, 1024 for the official models), output
 ``B×256×S/16×S/16``. Parameter names match Meta's checkpoints (``image_encoder.*``).
 
-Fast path: attention with the decomposed relative-position bias runs in blocks of query rows with in-place bias
-and softmax (see :func:`attention_with_decomposed_rel_pos`): the same arithmetic as the reference, less memory
-traffic, bounded memory. (On CPU this beat ``scaled_dot_product_attention`` with the bias folded into q/k or
-passed as a mask: the CPU flash kernel was 2× slower than the explicit product here.)
+Fast path (``Attention.fused``, the default; exact fp32 mode keeps it, it only reorders float additions):
+global attention runs per head in blocks of query rows (bias written first, ``scale·q·kᵀ`` accumulated onto it by
+one GEMM, softmax, ``·v``), reading the heads as strided views of the qkv projection and writing straight into
+the token-major layout of the output projection; windowed attention projects only the real tokens (a padded
+zero token projects to exactly the qkv bias) and folds the bias into one GEMM; under autocast the residual stream
+and layer norms stay in bf16. (On CPU this beat ``scaled_dot_product_attention`` with the bias folded into q/k
+or passed as a mask: the CPU flash kernel was 2-4× slower than the explicit product here.)
 """
 
 from __future__ import annotations
@@ -40,54 +43,99 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 def attention_with_decomposed_rel_pos(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-    size: tuple[int, int], scale: float, fused: bool = True, chunk_elements: int = 1 << 24,
+    size: tuple[int, int], scale: float, fused: bool = True, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention with SAM's decomposed relative-position bias.
 
     Args:
-        q, k, v: ``(B', N, d)`` with ``N = H·W`` tokens in row-major order.
+        q, k, v: ``(B', N, d)`` with ``N = H·W`` tokens in row-major order; any strides whose last dimension is
+            contiguous (e.g. head views of the qkv projection, no copy needed).
         rel_pos_h, rel_pos_w: ``(2H−1, d)`` / ``(2W−1, d)`` tables.
         size: ``(H, W)``.
         scale: multiplier of ``q·k`` (``d^-0.5``); the bias uses the *unscaled* query, as in SAM.
-        fused: the fast path: queries are processed in blocks of whole token rows so that the attention
-            logits of one block stay below ``chunk_elements`` values (cache-friendly, bounded memory; the
-            ``N×N`` matrix of a global block is never materialised at once), the bias is added in place and
-            the softmax runs in place. ``False``: the reference computation in one piece.
+        fused: the fast path. Small grids (windows) fold the bias into one GEMM; large grids (global
+            attention) run in blocks of heads × whole query rows (:func:`_attention_blocks`) with the bias added
+            and the softmax taken in place, so the ``N×N`` logits are never materialised at once.
+            ``False``: the reference computation in one piece.
+        out: optional ``(B', N, d)`` destination (may be a strided view).
     Returns:
-        ``(B', N, d)``.
+        ``(B', N, d)`` (``out`` when given).
     """
     h, w = size
     bsz, n, d = q.shape
     r_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, kh, d)
     r_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, kw, d)
-    r_q = q.reshape(bsz, h, w, d)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)  # (B', h, w, kh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)  # (B', h, w, kw)
     if not fused:
+        rel_h, rel_w = _rel_bias(q, r_h, r_w, size)
         attn = (q * scale) @ k.transpose(-2, -1)
         attn = attn.view(bsz, h, w, h, w) + rel_h[..., None] + rel_w[..., None, :]
-        attn = attn.view(bsz, n, n).softmax(dim=-1)
-        return attn @ v
-    qs = q * scale
-    rows = max(1, min(h, chunk_elements // max(1, bsz * w * n)))
-    if rows >= h:
+        result = attn.view(bsz, n, n).softmax(dim=-1) @ v
+    elif n <= _SMALL_GRID_TOKENS:
         # small token grids (windows): fold the bias into the product, q_aug·k_aug = scale·q·k + rel_h + rel_w,
         # with one-hot row/column codes on the keys (one GEMM instead of a GEMM plus two broadcast adds)
+        rel_h, rel_w = _rel_bias(q, r_h, r_w, size)
         rows_idx = torch.arange(h, device=q.device).repeat_interleave(w)
         cols_idx = torch.arange(w, device=q.device).repeat(h)
         onehot = torch.cat([F.one_hot(rows_idx, h), F.one_hot(cols_idx, w)], dim=1).to(k.dtype)  # (N, h + w)
-        q_aug = torch.cat([qs, rel_h.reshape(bsz, n, h), rel_w.reshape(bsz, n, w)], dim=-1)
+        q_aug = torch.cat([q * scale, rel_h.reshape(bsz, n, h), rel_w.reshape(bsz, n, w)], dim=-1)
         k_aug = torch.cat([k, onehot.expand(bsz, n, h + w)], dim=-1)
         attn = torch.bmm(q_aug, k_aug.transpose(-2, -1))
-        return torch.bmm(torch.softmax(attn, dim=-1), v)
-    kt = k.transpose(-2, -1).contiguous()  # once, not inside every blocked bmm
-    out = torch.empty_like(q)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        sl = slice(r0 * w, r1 * w)
-        attn = torch.bmm(qs[:, sl], kt)
-        attn.view(bsz, r1 - r0, w, h, w).add_(rel_h[:, r0:r1, :, :, None]).add_(rel_w[:, r0:r1, :, None, :])
-        out[:, sl] = torch.bmm(torch.softmax(attn, dim=-1), v)
+        result = torch.bmm(torch.softmax(attn, dim=-1), v)
+    else:
+        return _attention_blocks(q, k, v, r_h, r_w, size, scale, q.new_empty(q.shape) if out is None else out)
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+_SMALL_GRID_TOKENS = 1024
+# logits per block of the global attention: on CPU one head × 512 query rows × N keys (~2 M values, 4 MB in bf16)
+# keeps the block in cache (~1.4× faster than 16 M values over all heads on a 2-core EPYC); on GPUs all heads at
+# once, 16 M values per block (as measured on an H100)
+_CPU_BLOCK_QUERIES = 512
+_GPU_BLOCK_ELEMENTS = 1 << 24
+
+
+def _rel_bias(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor,
+              size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column bias terms ``(B', H, W, kh)`` and ``(B', H, W, kw)`` from the unscaled queries."""
+    h, w = size
+    r_q = q.reshape(q.shape[0], h, w, -1)
+    return torch.einsum("bhwc,hkc->bhwk", r_q, r_h), torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
+
+
+def _attention_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor,
+                      size: tuple[int, int], scale: float, out: torch.Tensor) -> torch.Tensor:
+    """Global attention in blocks of heads × query rows, written into ``out``.
+
+    The reference's arithmetic with one reordering: ``(rel_h + rel_w) + scale·q·kᵀ`` instead of
+    ``(scale·q·kᵀ + rel_h) + rel_w`` (fp32 results differ in the last bits only).
+    """
+    h, w = size
+    bsz, n, _ = q.shape
+    if q.device.type == "cpu":
+        heads, rows = 1, max(1, min(h, _CPU_BLOCK_QUERIES // w))
+    else:
+        heads, rows = bsz, max(1, min(h, _GPU_BLOCK_ELEMENTS // (bsz * w * n)))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, r_h, r_w))
+    logits = None if grad else q.new_empty(min(heads, bsz), rows * w, n)
+    for b0 in range(0, bsz, heads):
+        hb = slice(b0, b0 + heads)
+        qb, kt, vb = q[hb], k[hb].transpose(-2, -1).contiguous(), v[hb]  # kᵀ once, not in every row block
+        rel_h, rel_w = _rel_bias(qb, r_h, r_w, size)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            sl = slice(r0 * w, r1 * w)
+            bias_shape = (qb.shape[0], r1 - r0, w, h, w)
+            if grad:  # autograd cannot go through out= and the reused buffer
+                bias = (rel_h[:, r0:r1, :, :, None] + rel_w[:, r0:r1, :, None, :]).reshape(qb.shape[0], -1, n)
+                attn = torch.baddbmm(bias, qb[:, sl] * scale, kt)
+            else:  # the bias first (one pass), then the GEMM accumulates scale·q·kᵀ onto it in place
+                attn = logits.view(-1)[: qb.shape[0] * (r1 - r0) * w * n].view(qb.shape[0], (r1 - r0) * w, n)
+                torch.add(rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :], out=attn.view(bias_shape))
+                attn.baddbmm_(qb[:, sl] * scale, kt)
+            out[hb, sl] = torch.bmm(torch.softmax(attn, dim=-1), vb)
     return out
 
 
@@ -110,19 +158,60 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int],
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B', N, d)`` queries, keys, values → ``(B', N, d)`` (into ``out`` when given)."""
         if self.use_rel_pos:
-            out = attention_with_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w), self.scale,
-                                                    fused=self.fused)
-        elif self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            return attention_with_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, size, self.scale,
+                                                     fused=self.fused, out=out)
+        if self.fused:
+            result = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-        return self.proj(out)
+            result = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return result if out is None else out.copy_(result)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        n, heads = h * w, self.num_heads
+        qkv = self.qkv(x).view(b, n, 3, heads, c // heads)
+        if not self.fused:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, b * heads, n, -1).unbind(0)
+            out = self._attend(q, k, v, (h, w))
+            return self.proj(out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, c))
+        # fast path: each image's heads are strided views of the projection (no q/k/v copies) and the result is
+        # written straight into the token-major layout the output projection reads
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d) views
+        out = qkv.new_empty(b, n, heads, c // heads)
+        for i in range(b):
+            self._attend(q[i], k[i], v[i], (h, w), out=out[i].transpose(0, 1))
+        return self.proj(out.view(b, h, w, c))
+
+    def forward_windows(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """Windowed attention over ``B×H×W×C`` (fast path; equal to partition → :meth:`forward` → unpartition).
+
+        SAM pads the normalised tokens with zeros before the qkv projection; a zero token projects to exactly
+        the qkv bias, so the projection runs on the real tokens only and the padding is filled with the bias.
+        Window partition and head split are one copy, and so are head merge and unpartition; the output
+        projection runs on the real tokens only.
+        """
+        b, h, w, c = x.shape
+        heads = self.num_heads
+        pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
+        hp, wp = h + pad_h, w + pad_w
+        qkv = self.qkv(x)
+        if pad_h or pad_w:
+            padded = qkv.new_empty(b, hp, wp, 3 * c)
+            padded[:, :h, :w] = qkv
+            fill = self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else 0.0
+            padded[:, h:] = fill
+            padded[:, :h, w:] = fill
+            qkv = padded
+        qkv = qkv.view(b, hp // window, window, wp // window, window, 3, heads, c // heads)
+        q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, -1, window * window, c // heads).unbind(0)
+        out = self._attend(q, k, v, (window, window))
+        out = out.view(b, hp // window, wp // window, heads, window, window, -1)
+        out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
+        return self.proj(out[:, :h, :w].contiguous() if (pad_h or pad_w) else out)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -162,15 +251,29 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
+        x = _layer_norm(self.norm1, x)
+        if self.window_size > 0 and self.attn.fused:
+            x = self.attn.forward_windows(x, self.window_size)
+        elif self.window_size > 0:
             size = (x.shape[1], x.shape[2])
             x, padded = window_partition(x, self.window_size)
             x = window_unpartition(self.attn(x), self.window_size, padded, size)
         else:
             x = self.attn(x)
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(_layer_norm(self.norm2, x))
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, but a bf16/fp16 input under autocast stays in its dtype (statistics in fp32 inside the kernel).
+
+    Autocast runs layer norm in fp32, which costs a cast of the input and of the output (the next linear casts
+    back); the result after that cast is the same.
+    """
+    if x.dtype == torch.float32 or not torch.is_autocast_enabled(x.device.type):
+        return norm(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 class PatchEmbed(nn.Module):
