@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from histosam.errors import HistosamError
+from histosam.inference.runtime import release_freed_memory
 from histosam.wsi.chunks import SlidePlan, make_plan, process_chunks
 from histosam.wsi.outputs import SlideOutputWriter, atomic_json
 from histosam.wsi.reader import open_slide
@@ -85,6 +86,7 @@ def _run_sequential(plan: SlidePlan, todo: list[int], predict_maps, store: Chunk
     chunks = process_chunks(plan, todo, predict_maps, stats=stats, cache_mb=cache_mb)
     for n, (idx, recs) in enumerate(chunks, start=1):
         store.put(idx, recs)
+        release_freed_memory()  # RSS bounded by one chunk's peak (see keep_freed_memory)
         bar.update(1)
         bar.set_postfix(tiles=stats.get("tiles_predicted", 0),
                         mm2_s=f"{n * area_mm2 / max(time.perf_counter() - t0, 1e-9):.3f}")
@@ -94,6 +96,7 @@ def _run_sequential(plan: SlidePlan, todo: list[int], predict_maps, store: Chunk
 def _dask_task(plan: SlidePlan, idx: int, predict_maps) -> tuple[int, list[dict], int]:
     stats: dict = {}
     (i, recs), = list(process_chunks(plan, [idx], predict_maps, stats=stats, prefetch=4))
+    release_freed_memory()
     return i, recs, stats.get("tiles_predicted", 0)
 
 
