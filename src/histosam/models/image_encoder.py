@@ -53,9 +53,9 @@ def attention_with_decomposed_rel_pos(
         rel_pos_h, rel_pos_w: ``(2H−1, d)`` / ``(2W−1, d)`` tables.
         size: ``(H, W)``.
         scale: multiplier of ``q·k`` (``d^-0.5``); the bias uses the *unscaled* query, as in SAM.
-        fused: the fast path. Small grids (windows) fold the bias into one GEMM; large grids (global
-            attention) run in blocks of heads × whole query rows (:func:`_attention_blocks`) with the bias added
-            and the softmax taken in place, so the ``N×N`` logits are never materialised at once.
+        fused: the fast path. Grids of at most ``_SMALL_GRID_TOKENS`` tokens (windows) fold the bias into one
+            GEMM; larger grids (global attention) run in blocks of heads × whole query rows
+            (:func:`_attention_blocks`), so the ``N×N`` logits are never materialised at once.
             ``False``: the reference computation in one piece.
         out: optional ``(B', N, d)`` destination (may be a strided view).
     Returns:
