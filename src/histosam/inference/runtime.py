@@ -71,7 +71,9 @@ def keep_freed_memory() -> bool:
     3.2 s → 2.0 s with this, see ``benchmarks/RESULTS.md``). Sets ``M_MMAP_MAX=0`` and the largest
     ``M_TRIM_THRESHOLD``: the process then keeps its peak heap (RSS does not shrink after a peak; it does not
     grow beyond it for repeated work of the same shapes). Opt out with ``HISTOSAM_KEEP_FREED_MEMORY=0``.
-    A no-op off glibc. Returns whether the setting is active.
+    A no-op off glibc. Returns whether the setting is active. Limit: glibc always mmaps blocks above 64 MB in
+    a secondary arena, and moves a thread to one after an allocation failed (e.g. a corrupt file asked for an
+    absurd size); that thread's big blocks then behave as by default (correct, only slower).
     """
     if os.environ.get("HISTOSAM_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
