@@ -73,11 +73,18 @@ def test_attention_paths_agree(tiny_pair, fused):
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("plan", ["cpu", "gpu"])
 @pytest.mark.parametrize("size", [(40, 40), (33, 50)])
-def test_blocked_global_attention_equals_one_piece(size):
-    """Grids above the window size take the blocked path (row blocks with a short last one, strided inputs)."""
+def test_blocked_global_attention_equals_one_piece(size, plan, monkeypatch):
+    """Grids above the window size take the blocked path (row blocks with a short last one, strided inputs);
+    the GPU block plan (all heads at once) is run here on the CPU with a small block budget."""
+    from histosam.models import image_encoder
     from histosam.models.image_encoder import attention_with_decomposed_rel_pos
 
+    if plan == "gpu":
+        monkeypatch.setattr(image_encoder, "_GPU_BLOCK_ELEMENTS", 3 * 7 * 40 * 40 * 50)  # 7 rows of 40-50 tokens
+        monkeypatch.setattr(image_encoder, "attention_block_plan",
+                            lambda _, bsz, size, plan=image_encoder.attention_block_plan: plan("cuda", bsz, size))
     torch.manual_seed(0)
     (h, w), heads, d = size, 3, 16
     q, k, v = torch.randn(h * w, 3, heads, d).permute(1, 2, 0, 3).unbind(0)  # (heads, N, d) strided views

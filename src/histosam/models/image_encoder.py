@@ -105,6 +105,15 @@ def _rel_bias(q: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor,
     return torch.einsum("bhwc,hkc->bhwk", r_q, r_h), torch.einsum("bhwc,wkc->bhwk", r_q, r_w)
 
 
+def attention_block_plan(device_type: str, bsz: int, size: tuple[int, int]) -> tuple[int, int]:
+    """``(heads, token rows)`` per block of the global attention: one head × ~512 queries on CPU, all heads ×
+    ~16 M logits on GPUs."""
+    h, w = size
+    if device_type == "cpu":
+        return 1, max(1, min(h, _CPU_BLOCK_QUERIES // w))
+    return bsz, max(1, min(h, _GPU_BLOCK_ELEMENTS // (bsz * w * h * w)))
+
+
 def _attention_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: torch.Tensor, r_w: torch.Tensor,
                       size: tuple[int, int], scale: float, out: torch.Tensor) -> torch.Tensor:
     """Global attention in blocks of heads × query rows, written into ``out``.
@@ -114,10 +123,7 @@ def _attention_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: to
     """
     h, w = size
     bsz, n, _ = q.shape
-    if q.device.type == "cpu":
-        heads, rows = 1, max(1, min(h, _CPU_BLOCK_QUERIES // w))
-    else:
-        heads, rows = bsz, max(1, min(h, _GPU_BLOCK_ELEMENTS // (bsz * w * n)))
+    heads, rows = attention_block_plan(q.device.type, bsz, size)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, r_h, r_w))
     logits = None if grad else q.new_empty(min(heads, bsz), rows * w, n)
     for b0 in range(0, bsz, heads):
