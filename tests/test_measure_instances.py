@@ -65,3 +65,37 @@ def test_features_carry_measurements():
     assert f["properties"]["measurements"]["area_px"] == 12
     assert f["properties"]["classification"]["name"] == "Nucleus"
     assert feats == instances_to_features(_labels(), mpp=0.25, id_namespace="img")[0]  # deterministic ids
+
+
+def test_vectorised_measurements_equal_regionprops():
+    """Centroids, areas, boxes, eccentricity and stain/score means equal skimage's regionprops (ids with gaps,
+    touching objects, holes, one-pixel and line-shaped objects)."""
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(4)
+    seeds = np.zeros((120, 150), np.int64)
+    seeds[rng.integers(0, 120, 60), rng.integers(0, 150, 60)] = rng.choice(np.arange(1, 400), 60, replace=False)
+    labels = expand_labels(seeds, 4)
+    labels[labels == labels.max()] = 0  # a gap in the ids
+    labels[50:53, 60] = 1000  # a vertical line
+    labels[5, 5] = 1001  # one pixel
+    labels[(np.arange(120)[:, None] % 7 == 3) & (np.arange(150) % 9 == 4)] = 0  # holes
+    image = rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    scores = rng.random((120, 150))
+    ours = measure_instances(labels, image, scores=scores)
+    from skimage.color import rgb2hed
+
+    hed = rgb2hed(image)
+    ref = regionprops_table(labels, intensity_image=np.stack([hed[..., 0], hed[..., 1], scores], -1),
+                            properties=("label", "area", "centroid", "bbox", "eccentricity", "intensity_mean"))
+    np.testing.assert_array_equal(ours["id"], ref["label"])
+    np.testing.assert_array_equal(ours["area_px"], ref["area"])
+    np.testing.assert_allclose(ours["centroid_x"], ref["centroid-1"] + 0.5, atol=1e-9)
+    np.testing.assert_allclose(ours["centroid_y"], ref["centroid-0"] + 0.5, atol=1e-9)
+    for ours_col, ref_col in (("bbox_y0", "bbox-0"), ("bbox_x0", "bbox-1"), ("bbox_y1", "bbox-2"),
+                              ("bbox_x1", "bbox-3")):
+        np.testing.assert_array_equal(ours[ours_col], ref[ref_col])
+    np.testing.assert_allclose(ours["eccentricity"], ref["eccentricity"], atol=1e-7)
+    for k, col in enumerate(("mean_od_hematoxylin", "mean_od_eosin", "score")):
+        np.testing.assert_allclose(ours[col], ref[f"intensity_mean-{k}"], atol=1e-9)
