@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+import shapely
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
@@ -31,12 +33,10 @@ DEFAULT_CLASS = ("Nucleus", (0, 160, 255))
 _NS = uuid.UUID("8d3f4c1e-5b7a-4d2c-9a61-0f3e2b1c7d45")
 
 
-def _round_coords(obj: Any, ndigits: int) -> Any:
-    if isinstance(obj, float):
-        return round(obj, ndigits)
-    if isinstance(obj, list | tuple):
-        return [_round_coords(v, ndigits) for v in obj]
-    return obj
+def _rounded_coordinates(geometry: BaseGeometry, ndigits: int) -> dict:
+    """GeoJSON geometry dict with coordinates rounded to ``ndigits`` decimals (one numpy pass, no recursion)."""
+    geo = mapping(shapely.transform(geometry, lambda xy: np.round(xy, ndigits)))
+    return {"type": geo["type"], "coordinates": geo["coordinates"]}
 
 
 def feature(
@@ -50,8 +50,7 @@ def feature(
     ndigits: int = 2,
 ) -> dict:
     """One QuPath Feature dict for ``geometry`` (shapely, image pixels (x, y))."""
-    geo = mapping(geometry)
-    geo = {"type": geo["type"], "coordinates": _round_coords(geo["coordinates"], ndigits)}
+    geo = _rounded_coordinates(geometry, ndigits)
     props: dict[str, Any] = {"objectType": object_type}
     if classification is not None:
         name, color = classification
