@@ -164,6 +164,7 @@ class HistosamBackend:
 
     def automask(self, entry: WeightEntry, image: DecodedImage, amg_params: dict[str, Any]) -> AutoResult:
         import histosam
+        from histosam.inference.runtime import release_freed_memory
 
         with self.lock:
             model = self._model(entry)
@@ -184,6 +185,7 @@ class HistosamBackend:
             self._auto[key] = result
             while len(self._auto) > 4:
                 self._auto.popitem(last=False)
+            release_freed_memory()  # a long-running server keeps no more than one run's peak (keep_freed_memory)
             return result
 
     def _amg(self, entry: WeightEntry, image: DecodedImage, params: dict[str, Any]) -> AutoResult:
