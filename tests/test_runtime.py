@@ -68,3 +68,15 @@ def test_freed_memory_is_reused(keep):
         pytest.skip("not glibc")
     assert active is (keep == "1")
     assert (min_faults < 20_000) is active, min_faults
+
+
+def test_release_freed_memory_respects_the_budget(monkeypatch):
+    assert runtime.resident_mb() > 0
+    calls = []
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(OSError))
+    monkeypatch.setattr(runtime, "resident_mb", lambda: 100.0)
+    runtime.release_freed_memory(above_mb=2048)
+    assert calls == []  # under budget: nothing handed back
+    runtime.release_freed_memory(above_mb=50)
+    runtime.release_freed_memory()
+    assert len(calls) == 2  # over budget, and unconditional

@@ -89,12 +89,25 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
-def release_freed_memory() -> None:
-    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere).
+def resident_mb() -> float:
+    """This process's resident set size in MiB (``/proc/self/statm``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
-    Long streaming runs (whole slides) call it between chunks, so that :func:`keep_freed_memory` saves the page
-    faults of the forwards inside a chunk while the resident size stays bounded by one chunk's peak.
+
+def release_freed_memory(above_mb: float = 0.0) -> None:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``; a no-op elsewhere), when the resident
+    size exceeds ``above_mb`` MiB.
+
+    Long streaming runs call it between chunks, so that :func:`keep_freed_memory` saves the page faults of the
+    forwards inside a chunk while the resident size stays bounded: whole slides always (one chunk's peak),
+    the per-image job above a budget (trimming costs the next chunk its page faults again).
     """
+    if above_mb > 0 and resident_mb() <= above_mb:
+        return
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")

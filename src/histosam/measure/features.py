@@ -179,10 +179,11 @@ def _perimeters(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     four = ((-1, 0), (1, 0), (0, -1), (0, 1))
     border = (centre > 0) & np.logical_or.reduce([shifted(padded, dr, dc) != centre for dr, dc in four])
     border_padded = np.pad(border, 1)
-    code = np.ones(labels.shape, np.int64)
+    code = np.ones(labels.shape, np.uint8)  # at most 1 + 2·4 + 10·4 = 49
     for weight, offsets in ((2, four), (10, ((-1, -1), (-1, 1), (1, -1), (1, 1)))):
         for dr, dc in offsets:
-            code += weight * (shifted(border_padded, dr, dc) & (shifted(padded, dr, dc) == centre))
+            same = shifted(border_padded, dr, dc) & (shifted(padded, dr, dc) == centre)
+            code += same.view(np.uint8) * np.uint8(weight)
     ids = centre[border]
     sums = np.bincount(ids, weights=_PERIMETER_WEIGHTS[code[border]], minlength=int(labels.max(initial=0)) + 1)
     return sums[present].astype(np.float64)

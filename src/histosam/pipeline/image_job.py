@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from histosam.errors import HistosamError
+from histosam.inference.runtime import release_freed_memory
 from histosam.io.geojson import GeoJSONWriter
 from histosam.io.images import read_image
 from histosam.io.provenance import build_provenance, now_iso, write_provenance
@@ -41,6 +42,11 @@ from histosam.pipeline.outputs import (
 )
 
 __all__ = ["segment_file", "check_params", "ENGINE_KEYS"]
+
+#: resident size (MiB) above which freed heap memory is handed back after a chunk: below it the kept memory
+#: saves page faults (keep_freed_memory), above it the job stays bounded (10,000² image: peak 2904 → 2640 MiB,
+#: 173 → 236 s on 2 cores)
+TRIM_ABOVE_MB = 2048.0
 
 #: keyword arguments of :func:`~histosam.tiling.engine.iter_ais_chunks` accepted as ``**params``
 ENGINE_KEYS = frozenset({"context", "completeness", "on_incomplete", "max_context", "cache_mb"})
@@ -88,6 +94,7 @@ class _Writers:
         self.tables.append(table)
         self.sink.write(r0, c0, np.where(crop > 0, crop + np.uint32(self.n), np.uint32(0)))
         self.n += m
+        release_freed_memory(above_mb=TRIM_ABOVE_MB)
         self.measure_s += time.perf_counter() - t
 
     def finish(self, with_scores: bool, write_parquet: bool) -> None:
