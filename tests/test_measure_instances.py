@@ -68,7 +68,7 @@ def test_features_carry_measurements():
 
 
 def test_vectorised_measurements_equal_regionprops():
-    """Centroids, areas, boxes, eccentricity, perimeters and stain/score means equal skimage's regionprops
+    """Centroids, areas, boxes, eccentricity, perimeters, solidity and stain/score means equal regionprops
     (ids with gaps, touching objects, holes, one-pixel and line-shaped objects)."""
     from skimage.measure import regionprops_table
     from skimage.segmentation import expand_labels
@@ -89,7 +89,7 @@ def test_vectorised_measurements_equal_regionprops():
     hed = rgb2hed(image)
     ref = regionprops_table(labels, intensity_image=np.stack([hed[..., 0], hed[..., 1], scores], -1),
                             properties=("label", "area", "centroid", "bbox", "eccentricity", "intensity_mean",
-                                        "perimeter"))
+                                        "perimeter", "solidity"))
     np.testing.assert_array_equal(ours["id"], ref["label"])
     np.testing.assert_array_equal(ours["area_px"], ref["area"])
     np.testing.assert_allclose(ours["centroid_x"], ref["centroid-1"] + 0.5, atol=1e-9)
@@ -99,5 +99,6 @@ def test_vectorised_measurements_equal_regionprops():
         np.testing.assert_array_equal(ours[ours_col], ref[ref_col])
     np.testing.assert_allclose(ours["eccentricity"], ref["eccentricity"], atol=1e-7)
     np.testing.assert_allclose(ours["perimeter_px"], ref["perimeter"], atol=1e-9)
+    np.testing.assert_allclose(ours["solidity"], ref["solidity"], atol=1e-12)
     for k, col in enumerate(("mean_od_hematoxylin", "mean_od_eosin", "score")):
         np.testing.assert_allclose(ours[col], ref[f"intensity_mean-{k}"], atol=1e-9)

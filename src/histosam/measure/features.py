@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
-from skimage.measure import regionprops_table
+from skimage.morphology import convex_hull_image
 
 __all__ = ["measure_instances", "COLUMNS"]
 
@@ -74,8 +74,6 @@ def measure_instances(
             raise ValueError(f"scores must have shape {labels.shape}, got {scores.shape}")
         channels.append(scores)
     t = _moment_properties(labels, channels)
-    # solidity needs each object's convex hull: skimage, per object (the costly part)
-    shape_props = regionprops_table(labels, properties=("label", "solidity"))
     area = t["area"]
     perim = _perimeters(labels, t["label"])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -89,7 +87,7 @@ def measure_instances(
             "area_px": area,
             "perimeter_px": perim,
             "eccentricity": t["eccentricity"],
-            "solidity": shape_props["solidity"],
+            "solidity": area / _convex_areas(labels, t["label"]),
             "circularity": circ,
             "bbox_x0": t["bbox_col0"] + c0,
             "bbox_y0": t["bbox_row0"] + r0,
@@ -187,3 +185,14 @@ def _perimeters(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     ids = centre[border]
     sums = np.bincount(ids, weights=_PERIMETER_WEIGHTS[code[border]], minlength=int(labels.max(initial=0)) + 1)
     return sums[present].astype(np.float64)
+
+
+def _convex_areas(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Pixel count of each object's convex hull image (skimage's ``convex_hull_image``, as ``regionprops``'
+    ``area_convex``), one object at a time: the costly part of the measurements (~0.2 ms per nucleus)."""
+    boxes = ndi.find_objects(labels)
+    out = np.empty(len(present))
+    for j, i in enumerate(present):
+        mask = labels[boxes[i - 1]] == i
+        out[j] = np.count_nonzero(convex_hull_image(mask))
+    return out
