@@ -77,16 +77,21 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get("HISTOSAM_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-        if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: other C libraries use other parameter codes
-            return False
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (other C libraries' ``mallopt`` codes differ), else ``None``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    has_all = all(hasattr(libc, f) for f in ("gnu_get_libc_version", "mallopt", "malloc_trim"))
+    return libc if has_all else None
 
 
 def resident_mb() -> float:
@@ -108,12 +113,8 @@ def release_freed_memory(above_mb: float = 0.0) -> None:
     """
     if above_mb > 0 and resident_mb() <= above_mb:
         return
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-    except OSError:
-        return
-    if hasattr(libc, "malloc_trim") and hasattr(libc, "gnu_get_libc_version"):
+    libc = _glibc()
+    if libc is not None:
         libc.malloc_trim(0)
 
 

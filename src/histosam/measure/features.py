@@ -73,7 +73,8 @@ def measure_instances(
         if scores.shape != labels.shape:
             raise ValueError(f"scores must have shape {labels.shape}, got {scores.shape}")
         channels.append(scores)
-    t = _moment_properties(labels, channels)
+    boxes = ndi.find_objects(labels)
+    t = _moment_properties(labels, boxes, channels)
     area = t["area"]
     perim = _perimeters(labels, t["label"])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -87,7 +88,7 @@ def measure_instances(
             "area_px": area,
             "perimeter_px": perim,
             "eccentricity": t["eccentricity"],
-            "solidity": area / _convex_areas(labels, t["label"]),
+            "solidity": area / _convex_areas(labels, boxes, t["label"]),
             "circularity": circ,
             "bbox_x0": t["bbox_col0"] + c0,
             "bbox_y0": t["bbox_row0"] + r0,
@@ -111,7 +112,7 @@ def measure_instances(
     return df
 
 
-def _moment_properties(labels: np.ndarray, channels: list[np.ndarray]) -> dict:
+def _moment_properties(labels: np.ndarray, boxes: list, channels: list[np.ndarray]) -> dict:
     """Label, area, centroid, bounding box, eccentricity and channel means of every present id, vectorised.
 
     The same definitions as ``skimage.measure.regionprops`` (eccentricity from the eigenvalues of the
@@ -122,7 +123,6 @@ def _moment_properties(labels: np.ndarray, channels: list[np.ndarray]) -> dict:
     n = int(flat.max(initial=0))
     count = np.bincount(flat, minlength=n + 1)
     present = np.flatnonzero(count[1:]) + 1
-    boxes = ndi.find_objects(labels)
     r0 = np.array([boxes[i - 1][0].start for i in present], dtype=np.int64)
     c0 = np.array([boxes[i - 1][1].start for i in present], dtype=np.int64)
     r1 = np.array([boxes[i - 1][0].stop for i in present], dtype=np.int64)
@@ -183,14 +183,14 @@ def _perimeters(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
             same = shifted(border_padded, dr, dc) & (shifted(padded, dr, dc) == centre)
             code += same.view(np.uint8) * np.uint8(weight)
     ids = centre[border]
-    sums = np.bincount(ids, weights=_PERIMETER_WEIGHTS[code[border]], minlength=int(labels.max(initial=0)) + 1)
+    sums = np.bincount(ids, weights=_PERIMETER_WEIGHTS[code[border]])  # every present id has border pixels
     return sums[present].astype(np.float64)
 
 
-def _convex_areas(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
+def _convex_areas(labels: np.ndarray, boxes: list, present: np.ndarray) -> np.ndarray:
     """Pixel count of each object's convex hull image (skimage's ``convex_hull_image``, as ``regionprops``'
-    ``area_convex``), one object at a time: the costly part of the measurements (~0.2 ms per nucleus)."""
-    boxes = ndi.find_objects(labels)
+    ``area_convex``), one object at a time: the costly part of the measurements (~0.2 ms per nucleus).
+    ``boxes`` is ``ndi.find_objects(labels)``."""
     out = np.empty(len(present))
     for j, i in enumerate(present):
         mask = labels[boxes[i - 1]] == i
