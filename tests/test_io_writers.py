@@ -122,3 +122,16 @@ def test_provenance(tmp_path):
     got = read_provenance(tmp_path / "p.json")
     assert got["model"]["sha256"] == digest and got["parameters"] == {"min_size": 10}
     assert got["input"].endswith("model.pt") and "T" in got["started"] and got["histosam_version"]
+
+
+def test_feature_geometry_json_equals_shapely_mapping():
+    """Polygon/MultiPolygon coordinates written from arrays give the JSON of shapely's own mapping."""
+    import shapely
+    from shapely.geometry import MultiPolygon, Point, mapping
+
+    holed = Polygon([(0, 0), (3.14159, 0), (3, 2.71828)], [[(1, 0.5), (2, 0.5), (2, 1)]])
+    for geom in (holed, MultiPolygon([holed, Polygon([(10, 10), (11, 10), (11, 11)])]), Polygon(),
+                 MultiPolygon(), Point(1.234, 2.345)):
+        ref = mapping(shapely.transform(geom, lambda xy: np.round(xy, 2)))
+        ours = feature(geom, 1)["geometry"]
+        assert json.dumps(ours) == json.dumps({"type": ref["type"], "coordinates": ref["coordinates"]})

@@ -27,20 +27,47 @@ from shapely.geometry.base import BaseGeometry
 from histosam.errors import HistosamError
 from histosam.io.atomic import AtomicStreamWriter, atomic_write
 
-__all__ = ["feature", "GeoJSONWriter", "write_geojson", "read_geojson", "DEFAULT_CLASS"]
+__all__ = ["feature", "geometry_dicts", "GeoJSONWriter", "write_geojson", "read_geojson", "DEFAULT_CLASS"]
 
 DEFAULT_CLASS = ("Nucleus", (0, 160, 255))
 _NS = uuid.UUID("8d3f4c1e-5b7a-4d2c-9a61-0f3e2b1c7d45")
 
 
-def _rounded_coordinates(geometry: BaseGeometry, ndigits: int) -> dict:
-    """GeoJSON geometry dict with coordinates rounded to ``ndigits`` decimals (one numpy pass, no recursion)."""
-    geo = mapping(shapely.transform(geometry, lambda xy: np.round(xy, ndigits)))
-    return {"type": geo["type"], "coordinates": geo["coordinates"]}
+def geometry_dicts(geometries: Iterable[BaseGeometry], ndigits: int = 2) -> list[dict]:
+    """GeoJSON geometry dicts of many shapely geometries, coordinates rounded to ``ndigits`` decimals.
+
+    Polygons and MultiPolygons (image pixels (x, y)) are written from one coordinate array for all of them
+    (rings as lists of ``[x, y]``, exterior first): the same JSON as shapely's ``mapping``, without building
+    tuples vertex by vertex. Other geometry types go through ``mapping``.
+    """
+    geoms = np.asarray(list(geometries), dtype=object)
+    out: list[dict] = [{} for _ in range(len(geoms))]
+    kinds = shapely.get_type_id(geoms) if len(geoms) else np.zeros(0, int)
+    for k in np.flatnonzero((kinds != 3) & (kinds != 6)):  # not Polygon / MultiPolygon
+        geo = mapping(shapely.transform(geoms[k], lambda xy: np.round(xy, ndigits)))
+        out[k] = {"type": geo["type"], "coordinates": geo["coordinates"]}
+    areal = np.flatnonzero((kinds == 3) | (kinds == 6))
+    parts, part_geom = shapely.get_parts(geoms[areal], return_index=True)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    xy, vertex_ring = shapely.get_coordinates(rings, return_index=True)
+    vertices = np.round(xy, ndigits).tolist()
+    bounds = np.searchsorted(vertex_ring, np.arange(len(rings) + 1)).tolist()
+    coords: list[list] = [[] for _ in parts]
+    for r, p in enumerate(ring_part.tolist()):
+        coords[p].append(vertices[bounds[r]:bounds[r + 1]])
+    polygons: list[list] = [[] for _ in areal]
+    for p, g in enumerate(part_geom.tolist()):
+        polygons[g].append(coords[p])
+    for g, k in enumerate(areal.tolist()):
+        if kinds[k] == 3:
+            out[k] = {"type": "Polygon", "coordinates": polygons[g][0] if polygons[g] else []}
+        else:
+            out[k] = {"type": "MultiPolygon", "coordinates": polygons[g]}
+    return out
 
 
 def feature(
-    geometry: BaseGeometry,
+    geometry: BaseGeometry | Mapping,
     object_id: int,
     measurements: Mapping[str, Any] | None = None,
     classification: tuple[str, tuple[int, int, int]] | None = DEFAULT_CLASS,
@@ -49,8 +76,9 @@ def feature(
     id_namespace: str = "",
     ndigits: int = 2,
 ) -> dict:
-    """One QuPath Feature dict for ``geometry`` (shapely, image pixels (x, y))."""
-    geo = _rounded_coordinates(geometry, ndigits)
+    """One QuPath Feature dict for ``geometry`` (shapely, image pixels (x, y); or a GeoJSON geometry dict from
+    :func:`geometry_dicts`, used as it is)."""
+    geo = dict(geometry) if isinstance(geometry, Mapping) else geometry_dicts([geometry], ndigits)[0]
     props: dict[str, Any] = {"objectType": object_type}
     if classification is not None:
         name, color = classification

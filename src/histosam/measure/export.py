@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from histosam.io.geojson import DEFAULT_CLASS, feature
+from histosam.io.geojson import DEFAULT_CLASS, feature, geometry_dicts
 from histosam.measure.features import measure_instances
 from histosam.measure.polygons import label_polygons
 
@@ -32,7 +32,7 @@ def instances_to_features(
     table = measure_instances(labels, image, scores=scores, mpp=mpp, offset=offset, id_offset=id_offset)
     polys = label_polygons(labels, offset=offset, simplify=simplify)
     feats = []
-    for row, geom in zip(table.to_dict("records"), polys.values()):
+    for row, geom in zip(table.to_dict("records"), geometry_dicts(polys.values())):
         meas = {k: v for k, v in row.items() if k != "id"}
         feats.append(feature(geom, row["id"], meas, classification, id_namespace=id_namespace))
     return feats, table
