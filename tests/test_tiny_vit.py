@@ -1,7 +1,7 @@
 """MobileSAM ``vit_t`` (TinyViT-5M) encoder: checkpoint key layout, shapes, windowing, and loading.
 
-No MobileSAM implementation is installable here (``mobile_sam`` is not on PyPI), so numerical parity with the
-released weights is not tested; the expected keys/shapes below are written out from MobileSAM's
+Numerical parity with MobileSAM's own stack is in ``test_parity_mobile_sam.py``; the expected keys/shapes below
+are written out from MobileSAM's
 ``build_sam_vit_t`` settings (embed dims 64/128/160/320, depths 2/2/6/2, heads 2/4/5/10, windows 7/7/14/7).
 """
 

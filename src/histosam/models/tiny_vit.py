@@ -19,8 +19,9 @@ attention bias of a window position pair is indexed by the absolute offset ``(|d
 ``attention_bias_idxs`` is a non-persistent buffer, as in MobileSAM (its checkpoints do not store it; the loader
 drops it when a file does).
 
-No MobileSAM implementation can be installed here (``mobile_sam`` is not on PyPI), so numerical parity with
-the released weights is not verified; the layout and state-dict keys follow MobileSAM's source.
+Parity: ``tests/test_parity_mobile_sam.py`` compares histosam on random weights in MobileSAM's checkpoint layout
+with MobileSAM's stack (the TinyViT that ultralytics ships with MobileSAM's parameter names, inside
+segment-anything's predictor): exact fp32 embeddings within 2e-6 of their scale, identical point/box masks.
 """
 
 from __future__ import annotations
