@@ -2,8 +2,9 @@
 
     python benchmarks/bench_encoder.py [--arch vit_b] [--repeats 3] [--device cpu|cuda]
 
-Prints, in one run: the reference time (with glibc's default malloc, as its users run it, and again after
-:func:`histosam.inference.runtime.keep_freed_memory`, which every histosam CPU inference path switches on),
+Prints, in one run: the reference time (Meta's encoder; for ``--arch vit_t``, MobileSAM's TinyViT as shipped in
+ultralytics, which must import), with glibc's default malloc, as its users run it, and again after
+:func:`histosam.inference.runtime.keep_freed_memory`, which every histosam CPU inference path switches on;
 histosam's time in fp32 (exact mode) and in its default fast mode (bf16 autocast where the hardware has it, fused
 attention), the speed-up ratios against both reference times, and the cosine similarity and max abs difference
 of each embedding to the reference embedding.
@@ -21,8 +22,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import histosam  # noqa: E402
-from histosam.inference.runtime import autocast, keep_freed_memory, resolve_precision  # noqa: E402
+from histosam.inference.runtime import (  # noqa: E402
+    autocast,
+    keep_freed_memory,
+    prepare_for_inference,
+    resolve_precision,
+)
 from reference_models import TINY, VIT_B, reference_sam, save_sam  # noqa: E402
+
+
+def _mobile_sam_reference() -> tuple[torch.nn.Module, Path]:
+    """MobileSAM's stack on the seeded random weights of the vit_t parity test, and those weights saved."""
+    from reference_shims import install_torchvision_shim
+
+    install_torchvision_shim()
+    from make_mobile_sam_reference import reference_model
+    from mobile_sam_weights import random_state_dict
+
+    sam = reference_model()
+    state = random_state_dict({k: tuple(v.shape) for k, v in sam.state_dict().items()})
+    sam.load_state_dict(state)
+    path = Path("/tmp") / "bench_vit_t.pth"
+    torch.save(state, path)
+    return sam.eval(), path
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -39,16 +61,21 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="vit_b", choices=["vit_b", "tiny"])
+    ap.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_t", "tiny"],
+                    help="vit_t compares with MobileSAM's TinyViT as shipped in ultralytics (must import)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    cfg = VIT_B if args.arch == "vit_b" else TINY
     dev = torch.device(args.device)
-    ref = reference_sam(cfg).to(dev)
-    path = save_sam(ref, Path("/tmp") / f"bench_{args.arch}.pth")
+    if args.arch == "vit_t":
+        ref, path = _mobile_sam_reference()
+        ref, size, ref_name = ref.to(dev), 1024, "MobileSAM TinyViT (ultralytics)"
+    else:
+        cfg = VIT_B if args.arch == "vit_b" else TINY
+        ref = reference_sam(cfg).to(dev)
+        path = save_sam(ref, Path("/tmp") / f"bench_{args.arch}.pth")
+        size, ref_name = cfg["img_size"], "segment-anything"
     model = histosam.load_model(path, device=dev)
-    size = cfg["img_size"]
     torch.manual_seed(0)
     x = torch.randn(1, 3, size, size, device=dev)
     with torch.inference_mode():
@@ -57,6 +84,7 @@ def main() -> None:
         t_ref, e_ref = timed(lambda: ref.image_encoder(x), args.repeats)
         kept = keep_freed_memory() if dev.type == "cpu" else False
         t_ref_kept = timed(lambda: ref.image_encoder(x), args.repeats)[0] if kept else t_ref
+        model = prepare_for_inference(model, dev)  # as the Predictor and the pipelines run it
         t_fp32, e_fp32 = timed(lambda: model.image_encoder(x), args.repeats)
         prec = resolve_precision("auto", dev)
 
@@ -71,7 +99,7 @@ def main() -> None:
         return float(cos), float((e - e_ref).abs().max() / e_ref.abs().max())
 
     print(f"arch={args.arch} input={size}x{size} device={dev} threads={torch.get_num_threads()} fast={prec}")
-    print(f"reference segment-anything fp32: {t_ref:.3f} s (default malloc); {t_ref_kept:.3f} s with "
+    print(f"reference {ref_name} fp32: {t_ref:.3f} s (default malloc); {t_ref_kept:.3f} s with "
           f"keep_freed_memory {'on' if kept else 'unavailable'}")
     for label, t, e in (("histosam fp32 (exact):  ", t_fp32, e_fp32), (f"histosam default ({prec}):", t_fast, e_fast)):
         c, d = cmp(e)

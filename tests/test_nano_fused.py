@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from histosam.models import nano
+from histosam.models.fused_conv import fused_conv_available
 from histosam.models.nano import ConvNormAct, conv_bn
 
-pytestmark = pytest.mark.skipif(not nano._fused_conv_available(), reason="no oneDNN convolution on this build")
+pytestmark = pytest.mark.skipif(not fused_conv_available(), reason="no oneDNN convolution on this build")
 
 
 def _randomise(block: ConvNormAct) -> ConvNormAct:

@@ -13,61 +13,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.common import LayerNorm2d
-
-
-def _fused_conv_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+from histosam.models.fused_conv import FoldedConv
 
 
 class ConvNormAct(nn.Sequential):
     """``Conv2d → [BatchNorm2d] → [GELU]`` (an ``nn.Sequential``: state-dict keys ``0.*`` conv, ``1.*`` norm).
 
-    Inference on CPU (eval mode, no autograd, float32/bfloat16, oneDNN present) runs it as one oneDNN
-    convolution with the norm folded into the weights (``w·γ/√(σ²+ε)``, ``(b−μ)·γ/√(σ²+ε)+β``) and the GELU
-    as a post-op: one pass over the activation in place of three (~2× faster per layer on a 2-core EPYC; the
-    same arithmetic up to float rounding). The folded weights are cached per dtype and rebuilt when a
-    parameter or running statistic changes (tensor version counters). Otherwise the plain modules run.
+    CPU inference runs it as one oneDNN convolution (:mod:`histosam.models.fused_conv`: norm folded into the
+    weights, GELU as a post-op; ~2× faster per layer on a 2-core EPYC); training, autograd and GPUs run the plain
+    modules.
     """
 
     def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None, act: bool) -> None:
         layers: list[nn.Module] = [conv] + ([norm] if norm is not None else []) + ([nn.GELU()] if act else [])
         super().__init__(*layers)
-        self._folded: dict = {}
-
-    def _parts(self) -> tuple[nn.Conv2d, nn.BatchNorm2d | None, bool]:
-        mods = list(self)
-        norm = next((m for m in mods if isinstance(m, nn.BatchNorm2d)), None)
-        return mods[0], norm, isinstance(mods[-1], nn.GELU)
-
-    def _folded_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        conv, norm, _ = self._parts()
-        tensors = [conv.weight, conv.bias] + ([] if norm is None else [norm.weight, norm.bias, norm.running_mean,
-                                                                        norm.running_var])
-        key = (dtype, tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors))
-        if self._folded.get("key") != key:
-            weight = conv.weight.detach().float()
-            bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[0])
-            if norm is not None:
-                gain = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
-                weight = weight * gain[:, None, None, None]
-                bias = (bias - norm.running_mean.float()) * gain + norm.bias.detach().float()
-            self._folded = {"key": key, "weight": weight.to(dtype).contiguous(), "bias": bias.to(dtype)}
-        return self._folded["weight"], self._folded["bias"]
+        self._fused = FoldedConv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, _, act = self._parts()
-        fused = (not self.training and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
-                 and _fused_conv_available() and isinstance(conv.padding, tuple))
-        if not fused:
-            return super().forward(x)
-        if torch.is_autocast_enabled("cpu"):
-            x = x.to(torch.get_autocast_dtype("cpu"))
-        if x.dtype not in (torch.float32, torch.bfloat16):
-            return super().forward(x)
-        weight, bias = self._folded_weights(x.dtype)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-            "gelu" if act else "none", [], "none" if act else "")
+        if self._fused.applies(self, x):
+            mods = list(self)
+            norm = mods[1] if len(mods) > 1 and isinstance(mods[1], nn.BatchNorm2d) else None
+            out = self._fused(mods[0], norm, isinstance(mods[-1], nn.GELU), x)
+            if out is not None:
+                return out
+        return super().forward(x)
 
 
 def conv_bn(in_ch: int, out_ch: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True,

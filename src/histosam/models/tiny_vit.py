@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.common import LayerNorm2d
+from histosam.models.fused_conv import FoldedConv
 
 #: TinyViT-5M as built by MobileSAM's ``build_sam_vit_t``
 VIT_T_CONFIG: dict[str, Any] = dict(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
@@ -41,7 +42,9 @@ VIT_T_CONFIG: dict[str, Any] = dict(embed_dims=(64, 128, 160, 320), depths=(2, 2
 
 
 class ConvBN(nn.Sequential):
-    """``Conv2d`` without bias (key ``c``) followed by ``BatchNorm2d`` (key ``bn``)."""
+    """``Conv2d`` without bias (key ``c``) followed by ``BatchNorm2d`` (key ``bn``), optionally a GELU.
+
+    CPU inference runs it as one oneDNN convolution (:mod:`histosam.models.fused_conv`)."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
                  bn_weight: float = 1.0) -> None:
@@ -50,6 +53,15 @@ class ConvBN(nn.Sequential):
         self.add_module("bn", nn.BatchNorm2d(cout))
         nn.init.constant_(self.bn.weight, bn_weight)
         nn.init.zeros_(self.bn.bias)
+        self._fused = FoldedConv()
+
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        if self._fused.applies(self, x):
+            out = self._fused(self.c, self.bn, gelu, x)
+            if out is not None:
+                return out
+        x = self.bn(self.c(x))
+        return F.gelu(x) if gelu else x
 
 
 class PatchEmbed(nn.Module):
@@ -60,7 +72,7 @@ class PatchEmbed(nn.Module):
         self.seq = nn.Sequential(ConvBN(3, dim // 2, 3, 2), nn.GELU(), ConvBN(dim // 2, dim, 3, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seq(x)
+        return self.seq[2](self.seq[0](x, gelu=True))
 
 
 class MBConv(nn.Module):
@@ -75,8 +87,7 @@ class MBConv(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.conv1(x))
-        y = self.act(self.conv2(y))
+        y = self.conv2(self.conv1(x, gelu=True), gelu=True)
         return self.act(self.conv3(y) + x)
 
 
@@ -89,14 +100,12 @@ class PatchMerging(nn.Module):
         self.conv1 = ConvBN(dim, out_dim)
         self.conv2 = ConvBN(out_dim, out_dim, 3, stride, groups=out_dim)
         self.conv3 = ConvBN(out_dim, out_dim)
-        self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 3:
             h, w = self.resolution
             x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
+        x = self.conv2(self.conv1(x, gelu=True), gelu=True)
         return self.conv3(x).flatten(2).transpose(1, 2)
 
 
@@ -129,7 +138,10 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)  # per head: q, k, v
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=-1)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # MobileSAM's order, (q·kᵀ)·scale + bias, written out: scaled_dot_product_attention's CPU path spends
+        # as long checking a float mask for -inf as the attention itself takes here
+        attn = torch.matmul(q, k.transpose(-2, -1)).mul_(self.head_dim**-0.5).add_(bias)
+        out = torch.matmul(attn.softmax(dim=-1), v)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
