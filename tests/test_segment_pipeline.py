@@ -301,3 +301,21 @@ def test_bad_parameters_and_images(image_file, tmp_path):
     with pytest.raises(ImageError, match="bad.png"):
         run(bad, tmp_path / "o")
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_trim_budget_env_override(image_file, tmp_path, monkeypatch):
+    """HISTOSAM_TRIM_ABOVE_MB sets the resident size above which a chunk hands free pages back; a bad value
+    is a clear error before anything is written."""
+    from histosam.errors import HistosamError
+    from histosam.pipeline import image_job
+
+    image_file = image_file[0]
+    budgets = []
+    monkeypatch.setattr(image_job, "release_freed_memory", lambda above_mb: budgets.append(above_mb))
+    monkeypatch.setenv("HISTOSAM_TRIM_ABOVE_MB", "123.5")
+    segment_file(image_file, tmp_path / "a", predict_maps=fake_maps, progress=False)
+    assert budgets and set(budgets) == {123.5}
+    monkeypatch.setenv("HISTOSAM_TRIM_ABOVE_MB", "lots")
+    with pytest.raises(HistosamError, match="HISTOSAM_TRIM_ABOVE_MB"):
+        segment_file(image_file, tmp_path / "b", predict_maps=fake_maps, progress=False)
+    assert not (tmp_path / "b").exists()  # refused before anything was read or written

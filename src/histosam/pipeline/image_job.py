@@ -44,9 +44,18 @@ from histosam.pipeline.outputs import (
 __all__ = ["segment_file", "check_params", "ENGINE_KEYS"]
 
 #: resident size (MiB) above which freed heap memory is handed back after a chunk: below it the kept memory
-#: saves page faults (keep_freed_memory), above it the job stays bounded (10,000² image: peak 2904 → 2640 MiB,
-#: 173 → 236 s on 2 cores)
+#: saves page faults (keep_freed_memory), above it the job stays bounded (10,000² image with histosam-nano,
+#: 2 cores: peak 5374 MiB in 135.7 s without trimming, 2569 MiB in 140.3 s with this budget).
+#: ``HISTOSAM_TRIM_ABOVE_MB`` overrides it.
 TRIM_ABOVE_MB = 2048.0
+
+
+def _trim_budget_mb() -> float:
+    value = os.environ.get("HISTOSAM_TRIM_ABOVE_MB", "").strip()
+    try:
+        return float(value) if value else TRIM_ABOVE_MB
+    except ValueError as e:
+        raise HistosamError(f"HISTOSAM_TRIM_ABOVE_MB must be a number of MiB, got {value!r}") from e
 
 #: keyword arguments of :func:`~histosam.tiling.engine.iter_ais_chunks` accepted as ``**params``
 ENGINE_KEYS = frozenset({"context", "completeness", "on_incomplete", "max_context", "cache_mb"})
@@ -63,8 +72,10 @@ def _empty_table(rgb: np.ndarray, with_scores: bool, mpp: float | None) -> pd.Da
 class _Writers:
     """Label sink + streaming GeoJSON + table rows of one image; ``add`` takes one original-frame crop."""
 
-    def __init__(self, names: dict[str, Path], rgb: np.ndarray, mpp: float | None, namespace: str) -> None:
+    def __init__(self, names: dict[str, Path], rgb: np.ndarray, mpp: float | None, namespace: str,
+                 trim_above_mb: float = TRIM_ABOVE_MB) -> None:
         self.names, self.rgb, self.mpp, self.namespace = names, rgb, mpp, namespace
+        self.trim_above_mb = trim_above_mb
         self.tables: list[pd.DataFrame] = []
         self.n = 0
         self.measure_s = 0.0
@@ -94,7 +105,7 @@ class _Writers:
         self.tables.append(table)
         self.sink.write(r0, c0, np.where(crop > 0, crop + np.uint32(self.n), np.uint32(0)))
         self.n += m
-        release_freed_memory(above_mb=TRIM_ABOVE_MB)
+        release_freed_memory(above_mb=self.trim_above_mb)
         self.measure_s += time.perf_counter() - t
 
     def finish(self, with_scores: bool, write_parquet: bool) -> None:
@@ -142,6 +153,7 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
     """
     started, t0 = now_iso(), time.perf_counter()
     check_params(mode, params)  # before anything is read or removed
+    trim_above_mb = _trim_budget_mb()
     out_dir = Path(out_dir)
     if not overwrite:
         done = read_outputs(path, out_dir, geojson_gz=geojson_gz, write_parquet=write_parquet)
@@ -157,7 +169,7 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
     names = output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz, write_parquet=write_parquet)
     names["provenance"].unlink(missing_ok=True)  # the set is incomplete until the new provenance lands
     t1 = time.perf_counter()
-    writers = _Writers(names, rgb, mpp, namespace=image_stem(path))
+    writers = _Writers(names, rgb, mpp, namespace=image_stem(path), trim_above_mb=trim_above_mb)
     try:
         if mode == "ais":
             settings = _run_ais(rgb, model, predict_maps, writers, tile=tile, halo=halo, chunk=chunk,
