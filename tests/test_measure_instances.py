@@ -104,10 +104,24 @@ def test_vectorised_measurements_equal_regionprops():
         np.testing.assert_allclose(ours[col], ref[f"intensity_mean-{k}"], atol=1e-9)
 
 
+def _random_labels(rng: np.random.Generator, size: tuple[int, int], max_ids: int, density: tuple[float, float],
+                   overwrite: bool) -> np.ndarray:
+    """Scattered, multi-part, sometimes dilated objects with ids 3·i (or 5·i when later ids overwrite earlier
+    ones, which makes touching objects, holes and islands)."""
+    from scipy import ndimage as ndi
+
+    h, w = rng.integers(*size, 2)
+    labels = np.zeros((h, w), np.int64)
+    for i in range(1, int(rng.integers(2, max_ids))):
+        m = rng.random((h, w)) < rng.uniform(*density)
+        m = ndi.binary_dilation(m, iterations=int(rng.integers(0, 3))) if rng.random() < 0.5 else m
+        labels[m if overwrite else m & (labels == 0)] = (5 if overwrite else 3) * i
+    return labels
+
+
 def test_convex_areas_equal_convex_hull_image_on_random_shapes():
     """The all-at-once hull pixel counts equal skimage's convex_hull_image object by object, on scattered,
     multi-part, dilated and single-pixel objects (boundary pixels on hull edges and vertices included)."""
-    from scipy import ndimage as ndi
     from skimage.morphology import convex_hull_image
 
     from histosam.measure.features import _convex_areas
@@ -115,12 +129,7 @@ def test_convex_areas_equal_convex_hull_image_on_random_shapes():
     rng = np.random.default_rng(1)
     checked = 0
     for _ in range(80):
-        h, w = rng.integers(5, 50, 2)
-        labels = np.zeros((h, w), np.int64)
-        for i in range(1, int(rng.integers(2, 10))):
-            m = rng.random((h, w)) < rng.uniform(0.005, 0.2)
-            m = ndi.binary_dilation(m, iterations=int(rng.integers(0, 3))) if rng.random() < 0.5 else m
-            labels[m & (labels == 0)] = 3 * i
+        labels = _random_labels(rng, (5, 50), 10, (0.005, 0.2), overwrite=False)
         present = np.unique(labels[labels > 0])
         expected = [np.count_nonzero(convex_hull_image(labels == i)) for i in present]
         np.testing.assert_array_equal(_convex_areas(labels, present), expected)
@@ -145,17 +154,11 @@ def _find_contours_outline(mask: np.ndarray) -> object:
 def test_traced_outlines_equal_find_contours_on_random_labels():
     """All-at-once tracing gives, object by object, the same region as skimage's find_contours on the object's
     mask (touching ids, holes, islands in holes, diagonal pixels, objects on the image border)."""
-    from scipy import ndimage as ndi
 
     rng = np.random.default_rng(7)
     checked = 0
     for _ in range(40):
-        h, w = rng.integers(4, 40, 2)
-        labels = np.zeros((h, w), np.int64)
-        for i in range(1, int(rng.integers(2, 8))):
-            m = rng.random((h, w)) < rng.uniform(0.02, 0.3)
-            m = ndi.binary_dilation(m, iterations=int(rng.integers(0, 3))) if rng.random() < 0.5 else m
-            labels[m] = 5 * i
+        labels = _random_labels(rng, (4, 40), 8, (0.02, 0.3), overwrite=True)
         polys = label_polygons(labels)
         assert list(polys) == sorted(np.unique(labels[labels > 0]))
         simplified = label_polygons(labels, simplify=0.7)
