@@ -159,6 +159,25 @@ def test_batched_prompts_equal_single(tiny_pair):
         assert (batched.masks[i] == single.masks[0]).mean() > 0.999
 
 
+def test_shared_image_embedding_equals_repeated(tiny_pair):
+    """The mask decoder's shared path (one image embedding, B prompt sets: projected once) gives the outputs
+    and gradients of the embedding repeated B times (the reference's computation)."""
+    _, model = tiny_pair
+    torch.manual_seed(3)
+    dec, pe = model.mask_decoder, model.prompt_encoder
+    emb = torch.randn(1, 256, *pe.image_embedding_size, requires_grad=True)
+    sparse, dense = pe(points=(torch.rand(5, 2, 2) * 200, torch.ones(5, 2, dtype=torch.int64)), boxes=None,
+                       masks=None)
+    assert dense.stride(0) == 0  # no mask prompts: the same dense embedding for every prompt set
+    shared = dec.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+    repeated = dec.predict_masks(emb.expand(5, -1, -1, -1), pe.get_dense_pe(), sparse, dense.contiguous())
+    for a, b in zip(shared, repeated):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    g_shared = torch.autograd.grad(shared[0].square().mean(), emb)[0]
+    g_repeated = torch.autograd.grad(repeated[0].square().mean(), emb)[0]
+    torch.testing.assert_close(g_shared, g_repeated, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_vit_b_parity(tmp_path):
     from segment_anything import SamPredictor

@@ -54,11 +54,13 @@ class MaskDecoder(nn.Module):
         b = sparse.shape[0]
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1)
-        src = image_embeddings if image_embeddings.shape[0] == b else image_embeddings.expand(b, -1, -1, -1)
-        src = src + dense
-        pos = image_pe.expand(b, -1, -1, -1)
+        if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
+            src = image_embeddings + dense[:1]  # the same for every prompt set: the transformer shares it
+        else:
+            src = (image_embeddings if image_embeddings.shape[0] == b else image_embeddings.expand(b, -1, -1, -1))
+            src = src + dense
         _, c, h, w = src.shape
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1: 1 + self.num_mask_tokens, :]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))

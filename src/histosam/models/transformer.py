@@ -28,11 +28,20 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``q: B×Nq×C``, ``k, v: B×Nk×C`` → ``B×Nq×C``."""
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+        """``q: Bq×Nq×C``, ``k, v: Bk×Nk×C`` → ``B×Nq×C`` with ``B = max(Bq, Bk)``; a batch of 1 on either side
+        is shared by every item of the other (each input is projected once, not once per item)."""
+        bq, nq, bk = q.shape[0], q.shape[1], k.shape[0]
+        q, k, v = self.q_proj(q), self.k_proj(k), self.v_proj(v)
+        if bk == 1 and bq > 1:  # keys shared by all query sets: attend as one long query sequence
+            out = F.scaled_dot_product_attention(self._heads(q.reshape(1, bq * nq, -1)), self._heads(k),
+                                                 self._heads(v))
+            b = bq
+        else:
+            if bq == 1 and bk > 1:
+                q = q.expand(bk, -1, -1)
+            out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+            b = out.shape[0]
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -82,11 +91,19 @@ class TwoWayTransformer(nn.Module):
 
     def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
                 point_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image_embedding, image_pe: B×C×h×w``; ``point_embedding: B×N×C`` → (tokens B×N×C, image B×hw×C)."""
+        """``image_embedding, image_pe: B×C×h×w`` or ``1×C×h×w``; ``point_embedding: B×N×C`` → (tokens B×N×C,
+        image B×hw×C).
+
+        An image embedding of batch 1 is shared by all B prompt sets: the first block projects it once for the
+        token→image and image→token attentions (the same arithmetic as repeating it B times; B× less work for
+        those projections, the bulk of automatic mask generation), and the image→token update makes it per-prompt.
+        """
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
         out = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        if keys.shape[0] != queries.shape[0]:
+            keys = keys.expand(queries.shape[0], -1, -1)
         return self.norm_final_attn(queries + out), keys
