@@ -159,6 +159,19 @@ def test_batched_prompts_equal_single(tiny_pair):
         assert (batched.masks[i] == single.masks[0]).mean() > 0.999
 
 
+def test_predict_logits_equals_predict(tiny_pair):
+    _, model = tiny_pair
+    pred = histosam.Predictor(model, precision="fp32")
+    pred.set_image(_image(180, 260, seed=2))
+    pts = np.array([[[40.0, 50.0]], [[200.0, 120.0]], [[100.0, 30.0]]])
+    full = pred.predict(points=pts, labels=np.ones((3, 1)), multimask=True, batch_size=2)
+    low = pred.predict_logits(points=pts, labels=np.ones((3, 1)), multimask=True, batch_size=2)
+    np.testing.assert_array_equal(low.scores, full.scores)
+    np.testing.assert_array_equal(low.low_res_logits, full.low_res_logits)
+    np.testing.assert_array_equal(low.tile_origin, full.tile_origin)
+    assert full.masks.shape == (3, 3, 180, 260) and full.masks.any()
+
+
 def test_shared_image_embedding_equals_repeated(tiny_pair):
     """The mask decoder's shared path (one image embedding, B prompt sets: projected once) gives the outputs
     and gradients of the embedding repeated B times (the reference's computation)."""

@@ -57,6 +57,29 @@ class Prediction:
 
 
 @dataclass
+class LogitsPrediction:
+    """Result of :meth:`Predictor.predict_logits`: :class:`Prediction` without the full-resolution masks (for
+    callers that resize or filter the logits themselves, such as automatic mask generation)."""
+
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    tile_origin: np.ndarray
+
+
+@dataclass
+class _DecodePlan:
+    """Prompt sets batched and in working-image pixels (see :meth:`Predictor._plan`), and each set's tile."""
+
+    tiles: list
+    points: np.ndarray | None
+    labels: np.ndarray | None
+    boxes: np.ndarray | None
+    masks: np.ndarray | None
+    assign: list[int]
+    multimask: bool
+
+
+@dataclass
 class _Tile:
     row: int
     col: int
@@ -241,6 +264,29 @@ class Predictor:
             multimask: return 3 candidate masks per prompt set instead of 1.
             batch_size: prompt sets decoded together (bounds memory for many prompts).
         """
+        plan, out = self._plan(points, labels, box, mask_input, multimask)
+        h, w = self.original_size
+        out_masks = np.zeros((*out.scores.shape, h, w), dtype=bool)
+        for tile, idx, logits in self._decode_batches(plan, out, batch_size):
+            full = pre.upscale_logits(logits, self.frame, tile.input_size, (tile.h, tile.w)) > 0.0
+            out_masks[idx, :, tile.row: tile.row + tile.h, tile.col: tile.col + tile.w] = full.cpu().numpy()
+        if self.scale != 1.0:  # masks back to the caller's pixel grid (nearest)
+            from histosam.automatic import resample_labels
+
+            out_masks = np.stack([np.stack([resample_labels(m, self.input_size) for m in row]) for row in out_masks])
+        return Prediction(out_masks, out.scores, out.low_res_logits, out.tile_origin)
+
+    def predict_logits(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                       box: np.ndarray | None = None, mask_input: np.ndarray | None = None, multimask: bool = False,
+                       batch_size: int = 16) -> LogitsPrediction:
+        """:meth:`predict` without resizing the logits to full-resolution masks (same arguments)."""
+        plan, out = self._plan(points, labels, box, mask_input, multimask)
+        for _ in self._decode_batches(plan, out, batch_size):
+            pass
+        return out
+
+    def _plan(self, points, labels, box, mask_input, multimask: bool) -> tuple[_DecodePlan, LogitsPrediction]:
+        """Prompts batched and moved to the working image, each prompt set's tile, and the empty result."""
         tiles = self._require_image()
         pts, lbl, boxes, masks, b = _batch_prompts(points, labels, box, mask_input)
         if self.scale != 1.0:  # prompts in the caller's pixels -> the resampled working image
@@ -251,32 +297,29 @@ class Predictor:
             if boxes is not None:
                 boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
         assign = [self._choose_tile(tiles, pts, boxes, i) for i in range(b)]
-        h, w = self.original_size
         c = 3 if multimask else 1
-        out_masks = np.zeros((b, c, h, w), dtype=bool)
-        out_scores = np.zeros((b, c), dtype=np.float32)
-        low_res: np.ndarray | None = None
-        origins = np.zeros((b, 2), dtype=np.int64)
+        out = LogitsPrediction(np.zeros((b, c), np.float32), np.zeros((b, c, 0, 0), np.float32),
+                               np.zeros((b, 2), np.int64))  # logits sized by the first decoded batch
+        return _DecodePlan(tiles, pts, lbl, boxes, masks, assign, multimask), out
+
+    def _decode_batches(self, plan: _DecodePlan, out: LogitsPrediction, batch_size: int):
+        """Decode the prompt sets tile by tile in batches of ``batch_size``, filling ``out``; yields
+        ``(tile, rows, logits)`` per batch."""
+        assign, tiles = plan.assign, plan.tiles
         for t_idx in sorted(set(assign)):
             tile = tiles[t_idx]
-            rows = [i for i in range(b) if assign[i] == t_idx]
+            rows = [i for i in range(len(assign)) if assign[i] == t_idx]
             emb = self._tile_embedding(tile)
             for start in range(0, len(rows), batch_size):
                 idx = rows[start: start + batch_size]
-                logits, iou = self._decode(tile, emb, pts, lbl, boxes, masks, idx, multimask)
-                if low_res is None:
-                    low_res = np.zeros((b, c, *logits.shape[-2:]), dtype=np.float32)
-                low_res[idx] = logits.cpu().numpy()
-                out_scores[idx] = iou.cpu().numpy()
-                full = pre.upscale_logits(logits, self.frame, tile.input_size, (tile.h, tile.w)) > 0.0
-                out_masks[idx, :, tile.row: tile.row + tile.h, tile.col: tile.col + tile.w] = full.cpu().numpy()
-                origins[idx] = (tile.row, tile.col)
-        assert low_res is not None
-        if self.scale != 1.0:  # masks back to the caller's pixel grid (nearest)
-            from histosam.automatic import resample_labels
-
-            out_masks = np.stack([np.stack([resample_labels(m, self.input_size) for m in row]) for row in out_masks])
-        return Prediction(out_masks, out_scores, low_res, origins)
+                logits, iou = self._decode(tile, emb, plan.points, plan.labels, plan.boxes, plan.masks, idx,
+                                           plan.multimask)
+                if out.low_res_logits.shape[-1] == 0:
+                    out.low_res_logits = np.zeros((*out.scores.shape, *logits.shape[-2:]), dtype=np.float32)
+                out.low_res_logits[idx] = logits.cpu().numpy()
+                out.scores[idx] = iou.cpu().numpy()
+                out.tile_origin[idx] = (tile.row, tile.col)
+                yield tile, idx, logits
 
     def _choose_tile(self, tiles: list[_Tile], pts, boxes, i: int) -> int:
         if len(tiles) == 1:

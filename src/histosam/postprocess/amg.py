@@ -202,7 +202,7 @@ def _crop_masks(predictor, crop: np.ndarray, pts: np.ndarray, p: AMGParams, crop
 
 def _process_batch(predictor, pts: np.ndarray, p: AMGParams, size: tuple[int, int], crop_box, orig_box):
     """Predict 3 masks per point, filter by predicted IoU, stability and crop edges (in crop coordinates)."""
-    pred = predictor.predict(points=pts[:, None, :], labels=np.ones((len(pts), 1)), multimask=True)
+    pred = predictor.predict_logits(points=pts[:, None, :], labels=np.ones((len(pts), 1)), multimask=True)
     low = torch.from_numpy(pred.low_res_logits).flatten(0, 1)[:, None]
     iou = torch.from_numpy(pred.scores).flatten()
     point_rep = np.repeat(pts, 3, axis=0)
