@@ -54,8 +54,9 @@ print(min(faults[1:]))
 
 @pytest.mark.parametrize("keep", ["1", "0"])
 def test_freed_memory_is_reused(keep):
-    """A fresh process (glibc's heap state matters): with the setting, repeated forward-like work stops
-    page-faulting its big buffers in anew; without it, every call faults ~120k pages."""
+    """A fresh process (glibc's heap state matters): without the setting every forward-like call faults its
+    big buffers in anew (~120k pages); with it, later calls fault none, or, depending on the heap layout of the
+    run (address-space randomisation), one 144 MiB buffer (36,864 pages): at most a third."""
     import os
     import subprocess
     import sys
@@ -67,7 +68,7 @@ def test_freed_memory_is_reused(keep):
     if keep == "1" and not active:
         pytest.skip("not glibc")
     assert active is (keep == "1")
-    assert (min_faults < 20_000) is active, min_faults
+    assert (min_faults < 60_000) is active, min_faults
 
 
 def test_release_freed_memory_respects_the_budget(monkeypatch):

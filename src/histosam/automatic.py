@@ -72,7 +72,7 @@ def resample_rgb(image: np.ndarray, factor: float) -> np.ndarray:
 
     h, w = image.shape[:2]
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 def resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

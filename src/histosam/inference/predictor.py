@@ -35,6 +35,7 @@ from histosam.errors import HistosamError
 from histosam.inference import preprocess as pre
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
 from histosam.io.images import to_rgb_uint8
+from histosam.models.sam import SegmentAnything
 
 EMBEDDING_FORMAT = "histosam-embedding-v1"
 
@@ -127,7 +128,7 @@ class Predictor:
 
             model = load_model(model, device=device)
         self.device = resolve_device(device) if device is not None else model.device
-        self.model = prepare_for_inference(model, self.device)
+        self.model: SegmentAnything = prepare_for_inference(model, self.device)
         self.precision = resolve_precision(precision, self.device)
         self.frame = int(model.image_size)
         self.tiling = tiling
@@ -265,7 +266,7 @@ class Predictor:
             batch_size: prompt sets decoded together (bounds memory for many prompts).
         """
         plan, out = self._plan(points, labels, box, mask_input, multimask)
-        h, w = self.original_size
+        (h, w), input_size = self._sizes()
         out_masks = np.zeros((*out.scores.shape, h, w), dtype=bool)
         for tile, idx, logits in self._decode_batches(plan, out, batch_size):
             full = pre.upscale_logits(logits, self.frame, tile.input_size, (tile.h, tile.w)) > 0.0
@@ -273,7 +274,7 @@ class Predictor:
         if self.scale != 1.0:  # masks back to the caller's pixel grid (nearest)
             from histosam.automatic import resample_labels
 
-            out_masks = np.stack([np.stack([resample_labels(m, self.input_size) for m in row]) for row in out_masks])
+            out_masks = np.stack([np.stack([resample_labels(m, input_size) for m in row]) for row in out_masks])
         return Prediction(out_masks, out.scores, out.low_res_logits, out.tile_origin)
 
     def predict_logits(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
@@ -285,13 +286,19 @@ class Predictor:
             pass
         return out
 
+    def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(working image size, size of the image given to set_image), after :meth:`set_image`."""
+        if self.original_size is None or self.input_size is None:
+            raise HistosamError("call set_image() first")
+        return self.original_size, self.input_size
+
     def _plan(self, points, labels, box, mask_input, multimask: bool) -> tuple[_DecodePlan, LogitsPrediction]:
         """Prompts batched and moved to the working image, each prompt set's tile, and the empty result."""
         tiles = self._require_image()
         pts, lbl, boxes, masks, b = _batch_prompts(points, labels, box, mask_input)
         if self.scale != 1.0:  # prompts in the caller's pixels -> the resampled working image
-            sy = self.original_size[0] / self.input_size[0]
-            sx = self.original_size[1] / self.input_size[1]
+            (oh, ow), (ih, iw) = self._sizes()
+            sy, sx = oh / ih, ow / iw
             if pts is not None:
                 pts = pts * np.array([sx, sy], dtype=np.float32)
             if boxes is not None:

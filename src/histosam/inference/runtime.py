@@ -8,8 +8,11 @@ import ctypes.util
 import functools
 import os
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -118,11 +121,11 @@ def release_freed_memory(above_mb: float = 0.0) -> None:
         libc.malloc_trim(0)
 
 
-def prepare_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def prepare_for_inference(model: ModuleT, device: torch.device) -> ModuleT:
     """Move to ``device``, eval mode; on CPU channels-last (faster oneDNN convolutions) and
     :func:`keep_freed_memory`."""
     model = model.to(device).eval()
     if device.type == "cpu":
         keep_freed_memory()
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (not in the stubs)
     return model

@@ -17,7 +17,7 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import shapely
@@ -58,11 +58,11 @@ def geometry_dicts(geometries: Iterable[BaseGeometry], ndigits: int = 2) -> list
     polygons: list[list] = [[] for _ in areal]
     for p, g in enumerate(part_geom.tolist()):
         polygons[g].append(coords[p])
-    for g, k in enumerate(areal.tolist()):
-        if kinds[k] == 3:
-            out[k] = {"type": "Polygon", "coordinates": polygons[g][0] if polygons[g] else []}
+    for g, slot in enumerate(areal.tolist()):
+        if kinds[slot] == 3:
+            out[slot] = {"type": "Polygon", "coordinates": polygons[g][0] if polygons[g] else []}
         else:
-            out[k] = {"type": "MultiPolygon", "coordinates": polygons[g]}
+            out[slot] = {"type": "MultiPolygon", "coordinates": polygons[g]}
     return out
 
 
@@ -113,7 +113,7 @@ class GeoJSONWriter(AtomicStreamWriter):
             if self.path.suffix == ".gz"
             else None
         )
-        self._out: IO[bytes] = self._gz if self._gz is not None else raw
+        self._out: IO[bytes] = cast(IO[bytes], self._gz) if self._gz is not None else raw
         self._out.write(b'{"type":"FeatureCollection","features":[\n')
         self.count = 0
         self._closed = False

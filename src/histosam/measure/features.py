@@ -213,7 +213,8 @@ def _convex_areas(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     return _centres_in_hulls(*_hull_edges(labels, present), len(present)).astype(np.float64)
 
 
-def _hull_edges(labels: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, ...]:
+def _hull_edges(labels: np.ndarray,
+                present: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Non-horizontal edges ``(x0, y0, x1, y1, owner)`` of each object's hull in doubled pixel coordinates
     (x = 2·col, y = 2·row: every candidate vertex is an integer point, so the arithmetic is exact), ``y0 < y1``,
     ``owner`` = position in ``present``.

@@ -80,7 +80,9 @@ def _trace_rings(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     rows, cols = np.nonzero((tl != tr) | (tl != br) | (tl != bl))  # cells on some border
     values = [c[rows, cols] for c in corners]
     width = 2 * padded.shape[1] + 1
-    starts, ends, objects = [], [], []
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    objects: list[np.ndarray] = []
     for k, v in enumerate(values):  # each id of a cell once, from its first corner
         sel = v != 0
         for u in values[:k]:
@@ -142,7 +144,7 @@ def _corners(xy: np.ndarray, ring_index: np.ndarray) -> np.ndarray:
 
 
 def label_polygons(
-    labels: np.ndarray, offset: tuple[int, int] = (0, 0), simplify: float = 0.0
+    labels: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.0
 ) -> dict[int, Polygon | MultiPolygon]:
     """Polygons of every id > 0 of a label image or label crop whose ``[0, 0]`` is image (row, col) ``offset``.
 

@@ -39,11 +39,14 @@ class FoldedConv:
         key = (dtype, tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors))
         if self._cache.get("key") != key:
             weight = conv.weight.detach().float()
-            bias = conv.bias.detach().float() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+            conv_bias = conv.bias
+            bias = conv_bias.detach().float() if conv_bias is not None else weight.new_zeros(weight.shape[0])
             if norm is not None:
-                gain = norm.weight.detach().float() / torch.sqrt(norm.running_var.float() + norm.eps)
+                mean, var = norm.running_mean, norm.running_var
+                assert mean is not None and var is not None  # checked in __call__
+                gain = norm.weight.detach().float() / torch.sqrt(var.float() + norm.eps)
                 weight = weight * gain[:, None, None, None]
-                bias = (bias - norm.running_mean.float()) * gain + norm.bias.detach().float()
+                bias = (bias - mean.float()) * gain + norm.bias.detach().float()
             self._cache = {"key": key, "weight": weight.to(dtype).contiguous(), "bias": bias.to(dtype)}
         return self._cache["weight"], self._cache["bias"]
 
@@ -55,6 +58,8 @@ class FoldedConv:
             x = x.to(torch.get_autocast_dtype("cpu"))
         if x.dtype not in (torch.float32, torch.bfloat16) or not isinstance(conv.padding, tuple):
             return None
+        if norm is not None and (norm.running_mean is None or norm.running_var is None):
+            return None  # a norm without running statistics normalises by the batch: not foldable
         weight, bias = self._weights(conv, norm, x.dtype)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,

@@ -57,6 +57,8 @@ class ModelConfig:
 class SegmentAnything(nn.Module):
     """SAM-family model. See :class:`ModelConfig` for the frame conventions."""
 
+    checkpoint_path: str = ""  # the file it was loaded from (set by the loader)
+
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
                  instance_decoder: nn.Module | None = None, config: ModelConfig | None = None) -> None:
         super().__init__()

@@ -28,8 +28,12 @@ def resolve_files(name_or_path: str | os.PathLike) -> tuple[str, Path, Path | No
             if not path.exists():
                 raise CheckpointError(f"the packaged model {entry.name} is missing from this installation ({path})")
             return entry.name, path, None
+        if entry.url is None:
+            raise CheckpointError(f"the registry entry {entry.name} has neither a download URL nor a packaged file")
         path = fetch(entry.url, entry.filename, entry.hash)
-        decoder = fetch(entry.decoder_url, entry.decoder_filename, entry.decoder_hash) if entry.decoder_url else None
+        decoder = None
+        if entry.decoder_url is not None and entry.decoder_filename is not None:
+            decoder = fetch(entry.decoder_url, entry.decoder_filename, entry.decoder_hash)
         return entry.name, path, decoder
     path = Path(text).expanduser()
     if path.exists():
@@ -67,7 +71,7 @@ def model_from_contents(contents: formats.CheckpointContents, name: str = "",
     if contents.kind == "histosam":
         config = ModelConfig.from_dict(contents.config or {})
         model = build_from_config(config)
-        _load_strict(model, {**contents.sam_state, **{f"instance_decoder.{k}": v for k, v in
+        _load_strict(model, {**(contents.sam_state or {}), **{f"instance_decoder.{k}": v for k, v in
                                                        (contents.decoder_state or {}).items()}}, f"model {name!r}")
     else:
         if contents.sam_state is None:
@@ -88,7 +92,7 @@ def model_from_contents(contents: formats.CheckpointContents, name: str = "",
                                                                      "mask_decoder."))]
         if other:
             raise CheckpointError(f"{name!r} has unexpected keys outside SAM's modules (e.g. {other[0]})")
-        if contents.decoder_state:
+        if contents.decoder_state and model.instance_decoder is not None:
             _load_strict(model.instance_decoder, contents.decoder_state, f"{name!r} instance decoder")
     model.config.name = name or model.config.name
     return model
@@ -128,8 +132,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
     if require_decoder and model.instance_decoder is None:
         raise CheckpointError(f"model {name!r} has no instance decoder (AIS needs one): use a PathoSAM/micro-sam "
                               "checkpoint with 'decoder_state', pass decoder=PATH, or use AMG")
-    if model.instance_decoder is not None and hasattr(model.instance_decoder, "set_bn_mode"):
-        model.instance_decoder.set_bn_mode(bn_mode)
+    set_bn_mode = getattr(model.instance_decoder, "set_bn_mode", None)
+    if callable(set_bn_mode):
+        set_bn_mode(bn_mode)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device=device, dtype=dtype).eval()
