@@ -74,8 +74,7 @@ def measure_instances(
         if scores.shape != labels.shape:
             raise ValueError(f"scores must have shape {labels.shape}, got {scores.shape}")
         channels.append(scores.ravel()[inside])
-    boxes = ndi.find_objects(labels)
-    t = _moment_properties(labels, boxes, inside, channels)
+    t = _moment_properties(labels, inside, channels)
     area = t["area"]
     perim = _perimeters(labels, t["label"])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -123,7 +122,7 @@ def _stain_densities(rgb: np.ndarray) -> np.ndarray:
     return np.maximum(table[rgb] @ hed_from_rgb, 0)
 
 
-def _moment_properties(labels: np.ndarray, boxes: list, inside: np.ndarray, channels: list[np.ndarray]) -> dict:
+def _moment_properties(labels: np.ndarray, inside: np.ndarray, channels: list[np.ndarray]) -> dict:
     """Label, area, centroid, bounding box, eccentricity and channel means of every present id, vectorised.
 
     ``inside`` is ``labels.ravel() > 0``; ``channels`` hold per-pixel values of those pixels.
@@ -133,6 +132,7 @@ def _moment_properties(labels: np.ndarray, boxes: list, inside: np.ndarray, chan
     at once with ``np.bincount`` instead of per object.
     """
     flat = labels.ravel()
+    boxes = ndi.find_objects(labels)
     n = int(flat.max(initial=0))
     count = np.bincount(flat, minlength=n + 1)
     present = np.flatnonzero(count[1:]) + 1

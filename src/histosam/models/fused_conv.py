@@ -27,10 +27,6 @@ class FoldedConv:
     def __init__(self) -> None:
         self._cache: dict = {}
 
-    def applies(self, module: nn.Module, x: torch.Tensor) -> bool:
-        return (not module.training and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 4
-                and fused_conv_available())
-
     def _weights(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         tensors = [conv.weight, conv.bias]
@@ -50,10 +46,14 @@ class FoldedConv:
             self._cache = {"key": key, "weight": weight.to(dtype).contiguous(), "bias": bias.to(dtype)}
         return self._cache["weight"], self._cache["bias"]
 
-    def __call__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d | None, gelu: bool,
+    def __call__(self, module: nn.Module, conv: nn.Conv2d, norm: nn.BatchNorm2d | None, gelu: bool,
                  x: torch.Tensor) -> torch.Tensor | None:
-        """``gelu(norm(conv(x)))`` fused, or ``None`` when the input's dtype does not allow it (call
-        :meth:`applies` first)."""
+        """``gelu(norm(conv(x)))`` fused, or ``None`` when it does not apply (``module`` training, autograd on,
+        not a 4-D CPU float32/bfloat16 input, no oneDNN, a norm without running statistics): the caller then
+        runs its plain modules."""
+        if (module.training or torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4
+                or not fused_conv_available()):
+            return None
         if torch.is_autocast_enabled("cpu"):
             x = x.to(torch.get_autocast_dtype("cpu"))
         if x.dtype not in (torch.float32, torch.bfloat16) or not isinstance(conv.padding, tuple):

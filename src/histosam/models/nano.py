@@ -28,15 +28,11 @@ class ConvNormAct(nn.Sequential):
         layers: list[nn.Module] = [conv] + ([norm] if norm is not None else []) + ([nn.GELU()] if act else [])
         super().__init__(*layers)
         self._fused = FoldedConv()
+        self._has_norm, self._gelu = norm is not None, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fused.applies(self, x):
-            mods = list(self)
-            norm = mods[1] if len(mods) > 1 and isinstance(mods[1], nn.BatchNorm2d) else None
-            out = self._fused(mods[0], norm, isinstance(mods[-1], nn.GELU), x)
-            if out is not None:
-                return out
-        return super().forward(x)
+        out = self._fused(self, self[0], self[1] if self._has_norm else None, self._gelu, x)
+        return out if out is not None else super().forward(x)
 
 
 def conv_bn(in_ch: int, out_ch: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True,

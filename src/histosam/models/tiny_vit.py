@@ -56,10 +56,9 @@ class ConvBN(nn.Sequential):
         self._fused = FoldedConv()
 
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        if self._fused.applies(self, x):
-            out = self._fused(self.c, self.bn, gelu, x)
-            if out is not None:
-                return out
+        out = self._fused(self, self.c, self.bn, gelu, x)
+        if out is not None:
+            return out
         x = self.bn(self.c(x))
         return F.gelu(x) if gelu else x
 
