@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.models.folded_upsampling import FoldedUpConv
+
 
 class InstanceNorm(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` (no affine, no running statistics: no state-dict keys) computed as a group norm with
@@ -54,14 +56,19 @@ class TransposedUp(nn.Module):
 
 
 class InterpolateUp(nn.Module):
-    """×2 bilinear upsampling (align_corners=False) then a 1×1 conv (key ``conv``)."""
+    """×2 bilinear upsampling (align_corners=False) then a 1×1 conv (key ``conv``).
+
+    Computed in the other order, 1×1 conv on the coarse grid then upsampling: the same map (the conv mixes
+    channels per pixel, the interpolation mixes pixels per channel with weights summing to 1, borders included,
+    so the bias passes through), with 4× fewer multiply-adds.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
 
 
 class Conv3x3(nn.Module):
@@ -97,14 +104,22 @@ def _up(in_channels: int, out_channels: int, conv_transpose: bool) -> nn.Module:
 
 
 class Deconv2DBlock(nn.Module):
-    """``up(×2) → Conv3×3 → BatchNorm → ReLU`` (keys ``block.0``, ``block.1.block``, ``block.2``)."""
+    """``up(×2) → Conv3×3 → BatchNorm → ReLU`` (keys ``block.0``, ``block.1.block``, ``block.2``).
+
+    At inference (eval mode, no autograd) the transposed-convolution layout runs ``up → Conv3×3`` as one
+    convolution on the coarse grid (:mod:`histosam.models.folded_upsampling`; 1.4-4.7× fewer multiply-adds).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, conv_transpose: bool = True) -> None:
         super().__init__()
         self.block = nn.Sequential(_up(in_channels, out_channels, conv_transpose), Conv3x3(out_channels),
                                    BatchNormMode(out_channels), nn.ReLU(inplace=True))
+        self._folded = FoldedUpConv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up, conv, norm, act = self.block
+        if isinstance(up, TransposedUp) and not self.training and not torch.is_grad_enabled() and x.dim() == 4:
+            return act(norm(self._folded(up.block, conv.block, x)))
         return self.block(x)
 
 
