@@ -180,7 +180,12 @@ class UNETRDecoder(nn.Module):
                 m.bn_mode = mode
 
     def forward(self, embedding: torch.Tensor, skips: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """``B×256×64×64`` → ``B×out_channels×1024×1024`` (``skips`` is unused: the ViT gives none)."""
+        """``B×256×64×64`` → ``B×out_channels×1024×1024`` (``skips`` is unused: the ViT gives none).
+
+        The embedding takes the memory format of the weights (channels-last after ``prepare_for_inference`` on
+        CPU, where oneDNN's convolutions are ~1.5× faster that way), whatever layout it arrives in."""
+        if self.base.block[1].weight.is_contiguous(memory_format=torch.channels_last):
+            embedding = embedding.contiguous(memory_format=torch.channels_last)
         z9 = self.deconv1(embedding)
         z6 = self.deconv2(z9)
         z3 = self.deconv3(z6)
