@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.common import MLP, LayerNorm2d
@@ -63,10 +64,38 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1: 1 + self.num_mask_tokens, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        bu, cu, hu, wu = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(bu, cu, hu * wu)).reshape(b, -1, hu, wu)
+        masks = self._upscaled_masks(src, hyper_in, (h, w))
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def _upscaled_masks(self, src: torch.Tensor, hyper_in: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``output_upscaling`` then the per-mask dot products: image tokens ``B×hw×C`` (row-major), hypernetwork
+        outputs ``B×M×C/8`` → logits ``B×M×4h×4w``.
+
+        Each transposed convolution (kernel 2, stride 2) maps one pixel to its own 2×2 block, so it is one GEMM over
+        the token-major rows (columns: sub-pixel, channel); the layer norm is per pixel over channels and GELU is
+        elementwise, so neither needs the pixels in image order. The 4×4 blocks are put in image order only in the
+        final ``B×M`` logits (M ≤ 4 values per pixel instead of C/8 = 32). The same arithmetic as the modules.
+        """
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        b, hw, c = src.shape
+        h, w = size
+        x = _transposed_conv_rows(up1, src)  # (B, hw·4, C/4): rows (pixel, a, b)
+        x = act1(F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, norm.eps))
+        x = act2(_transposed_conv_rows(up2, x))  # (B, hw·16, C/8): rows (pixel, a, b, c, d)
+        m = hyper_in.shape[1]
+        logits = torch.bmm(hyper_in, x.transpose(1, 2))  # (B, M, hw·16)
+        # (y, x, a, b, c, d) → row 4y + 2a + c, column 4x + 2b + d
+        logits = logits.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+        return logits.reshape(b, m, 4 * h, 4 * w)
+
+
+def _transposed_conv_rows(conv: nn.ConvTranspose2d, rows: torch.Tensor) -> torch.Tensor:
+    """A kernel-2 stride-2 transposed convolution on pixel rows ``B×N×C_in`` → ``B×4N×C_out`` (each input row
+    followed by its sub-pixels (0,0), (0,1), (1,0), (1,1))."""
+    c_out = conv.weight.shape[1]
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, -1)  # rows (a, b, out channel)
+    bias = conv.bias.repeat(4) if conv.bias is not None else None
+    return F.linear(rows, weight, bias).view(rows.shape[0], -1, c_out)
