@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.models.fused_linear import linear
+
 
 class LayerNorm2d(nn.Module):
     """Layer norm over the channel axis of a ``B×C×H×W`` tensor (per-pixel statistics), eps 1e-6.
@@ -36,6 +38,9 @@ class MLPBlock(nn.Module):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if type(self.act) is nn.GELU and self.act.approximate == "none":
+            # CPU bf16 inference: packed weights, GELU as the first GEMM's post-op (plain modules otherwise)
+            return linear(self.lin2, linear(self.lin1, x, gelu=True))
         return self.lin2(self.act(self.lin1(x)))
 
 

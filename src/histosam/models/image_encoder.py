@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.common import LayerNorm2d, MLPBlock
+from histosam.models.fused_linear import linear
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
@@ -179,7 +180,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         n, heads = h * w, self.num_heads
-        qkv = self.qkv(x).view(b, n, 3, heads, c // heads)
+        qkv = linear(self.qkv, x).view(b, n, 3, heads, c // heads)
         if not self.fused:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).reshape(3, b * heads, n, -1).unbind(0)
             out = self._attend(q, k, v, (h, w))
@@ -190,7 +191,7 @@ class Attention(nn.Module):
         out = qkv.new_empty(b, n, heads, c // heads)
         for i in range(b):
             self._attend(q[i], k[i], v[i], (h, w), out=out[i].transpose(0, 1))
-        return self.proj(out.view(b, h, w, c))
+        return linear(self.proj, out.view(b, h, w, c))
 
     def forward_windows(self, x: torch.Tensor, window: int) -> torch.Tensor:
         """Windowed attention over ``B×H×W×C`` (fast path; equal to partition → :meth:`forward` → unpartition).
@@ -204,7 +205,7 @@ class Attention(nn.Module):
         heads = self.num_heads
         pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
         hp, wp = h + pad_h, w + pad_w
-        qkv = self.qkv(x)
+        qkv = linear(self.qkv, x)
         if pad_h or pad_w:
             padded = qkv.new_empty(b, hp, wp, 3 * c)
             padded[:, :h, :w] = qkv
@@ -217,7 +218,7 @@ class Attention(nn.Module):
         out = self._attend(q, k, v, (window, window))
         out = out.view(b, hp // window, wp // window, heads, window, window, -1)
         out = out.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, hp, wp, c)
-        return self.proj(out[:, :h, :w].contiguous() if (pad_h or pad_w) else out)
+        return linear(self.proj, out[:, :h, :w].contiguous() if (pad_h or pad_w) else out)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:

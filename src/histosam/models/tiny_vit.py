@@ -34,6 +34,7 @@ from torch import nn
 
 from histosam.models.common import LayerNorm2d
 from histosam.models.fused_conv import FoldedConv
+from histosam.models.fused_linear import linear
 
 #: TinyViT-5M as built by MobileSAM's ``build_sam_vit_t``
 VIT_T_CONFIG: dict[str, Any] = dict(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
@@ -134,14 +135,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)  # per head: q, k, v
+        qkv = linear(self.qkv, self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim)  # per head: q, k, v
         q, k, v = qkv.permute(0, 2, 1, 3).split(self.head_dim, dim=-1)
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
         # MobileSAM's order, (q·kᵀ)·scale + bias, written out: scaled_dot_product_attention's CPU path spends
         # as long checking a float mask for -inf as the attention itself takes here
         attn = torch.matmul(q, k.transpose(-2, -1)).mul_(self.head_dim**-0.5).add_(bias)
         out = torch.matmul(attn.softmax(dim=-1), v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+        return linear(self.proj, out.transpose(1, 2).reshape(b, n, -1))
 
 
 class Mlp(nn.Module):
@@ -155,7 +156,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        return linear(self.fc2, linear(self.fc1, self.norm(x), gelu=True))  # packed + fused on CPU bf16
 
 
 class TinyViTBlock(nn.Module):
