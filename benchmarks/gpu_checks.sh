@@ -6,4 +6,5 @@ set -euo pipefail
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 python benchmarks/bench_encoder.py --device cuda --repeats 10
+python benchmarks/bench_unetr.py --device cuda --repeats 10
 python benchmarks/bench_ais.py --device cuda --size 1024
