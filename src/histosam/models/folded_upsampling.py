@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.models.param_cache import version_key
+
 __all__ = ["fold_transposed_conv3x3", "FoldedUpConv"]
 
 
@@ -78,8 +80,7 @@ class FoldedUpConv:
 
     def _params(self, up: nn.ConvTranspose2d, conv: nn.Conv2d,
                 like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        tensors = (up.weight, up.bias, conv.weight, conv.bias)
-        key = (like.dtype, like.device, tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors))
+        key = (like.dtype, like.device, version_key(up.weight, up.bias, conv.weight, conv.bias))
         if self._cache.get("key") != key:
             weight, bias, table = fold_transposed_conv3x3(up, conv)
             weight = weight.to(like.device, like.dtype).contiguous(memory_format=_memory_format(like))

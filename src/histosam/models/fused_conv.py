@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from histosam.models.param_cache import version_key
+
 __all__ = ["fused_conv_available", "FoldedConv"]
 
 
@@ -32,7 +34,7 @@ class FoldedConv:
         tensors = [conv.weight, conv.bias]
         if norm is not None:
             tensors += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
-        key = (dtype, tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors))
+        key = (dtype, version_key(*tensors))
         if self._cache.get("key") != key:
             weight = conv.weight.detach().float()
             conv_bias = conv.bias

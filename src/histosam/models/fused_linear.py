@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.models.param_cache import version_key
+
 __all__ = ["linear", "packed_linear_available"]
 
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -54,8 +56,7 @@ def _packed(module: nn.Linear, x: torch.Tensor, gelu: bool) -> torch.Tensor | No
 
 
 def _weights(module: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    tensors = (module.weight, module.bias)
-    key = tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+    key = version_key(module.weight, module.bias)
     entry = _PACKED.get(module)
     if entry is None or entry[0] != key:
         weight = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach().to(torch.bfloat16), None)
