@@ -129,19 +129,22 @@ def _attention_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: to
     logits = None if grad else q.new_empty(min(heads, bsz), rows * w, n)
     for b0 in range(0, bsz, heads):
         hb = slice(b0, b0 + heads)
-        qb, kt, vb = q[hb], k[hb].transpose(-2, -1).contiguous(), v[hb]  # kᵀ once, not in every row block
+        # per head once, not in every row block: kᵀ and v contiguous (bmm would copy a strided operand on each
+        # call), the queries scaled
+        qb, kt, vb = q[hb], k[hb].transpose(-2, -1).contiguous(), v[hb].contiguous()
         rel_h, rel_w = _rel_bias(qb, r_h, r_w, size)
+        q_scaled = qb * scale
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             sl = slice(r0 * w, r1 * w)
             bias_shape = (qb.shape[0], r1 - r0, w, h, w)
             if grad:  # autograd cannot go through out= and the reused buffer
                 bias = (rel_h[:, r0:r1, :, :, None] + rel_w[:, r0:r1, :, None, :]).reshape(qb.shape[0], -1, n)
-                attn = torch.baddbmm(bias, qb[:, sl] * scale, kt)
+                attn = torch.baddbmm(bias, q_scaled[:, sl], kt)
             else:  # the bias first (one pass), then the GEMM accumulates scale·q·kᵀ onto it in place
                 attn = logits.view(-1)[: qb.shape[0] * (r1 - r0) * w * n].view(qb.shape[0], (r1 - r0) * w, n)
                 torch.add(rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :], out=attn.view(bias_shape))
-                attn.baddbmm_(qb[:, sl] * scale, kt)
+                attn.baddbmm_(q_scaled[:, sl], kt)
             out[hb, sl] = torch.bmm(torch.softmax(attn, dim=-1), vb)
     return out
 
