@@ -25,6 +25,17 @@ def test_help_lists_every_command(capsys):
     assert "unavailable" not in out
 
 
+def test_python_dash_m_runs_the_same_command_line():
+    """``python -m histosam`` is the ``histosam`` script (for environments where scripts are not on PATH)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "histosam", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"histosam {histosam.__version__}"
+
+
 def test_no_command_prints_help(capsys):
     assert main([]) == 0
     assert "COMMAND" in capsys.readouterr().out
