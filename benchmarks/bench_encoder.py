@@ -1,6 +1,6 @@
 """Image-encoder speed: histosam vs Meta's segment-anything (fp32 reference) on identical random weights.
 
-    python benchmarks/bench_encoder.py [--arch vit_b] [--repeats 3] [--device cpu|cuda]
+    python benchmarks/bench_encoder.py [--arch vit_b] [--repeats 3] [--device cpu|cuda] [--rounds N]
 
 Prints, in one run: the reference time (Meta's encoder; for ``--arch vit_t``, MobileSAM's TinyViT as shipped in
 ultralytics, which must import), with glibc's default malloc, as its users run it, and again after
@@ -59,12 +59,24 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
     return min(times), out
 
 
+def once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_t", "tiny"],
                     help="vit_t compares with MobileSAM's TinyViT as shipped in ultralytics (must import)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="then N rounds alternating one reference call and one histosam call (default mode), "
+                         "each round's ratio printed, and their median: drift of the machine's speed over the "
+                         "minutes a run takes then hits both sides alike")
     args = ap.parse_args()
     dev = torch.device(args.device)
     if args.arch == "vit_t":
@@ -94,6 +106,8 @@ def main() -> None:
 
         t_fast, e_fast = timed(fast, args.repeats)
 
+        rounds = [(once(lambda: ref.image_encoder(x)), once(fast)) for _ in range(args.rounds)]
+
     def cmp(e):
         cos = torch.nn.functional.cosine_similarity(e.flatten().double(), e_ref.flatten().double(), dim=0)
         return float(cos), float((e - e_ref).abs().max() / e_ref.abs().max())
@@ -105,6 +119,12 @@ def main() -> None:
         c, d = cmp(e)
         print(f"{label} {t:.3f} s  speed-up {t_ref / t:.2f}x ({t_ref_kept / t:.2f}x against the reference with "
               f"kept memory)  cos {c:.6f}  max|d|/max|ref| {d:.2e}")
+    for i, (t_r, t_h) in enumerate(rounds):
+        print(f"round {i + 1}: reference {t_r:.3f} s, histosam {t_h:.3f} s -> {t_r / t_h:.2f}x")
+    if rounds:
+        ratios = sorted(t_r / t_h for t_r, t_h in rounds)
+        print(f"median of {len(ratios)} alternating rounds: {ratios[len(ratios) // 2]:.2f}x "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}x; both sides with kept memory)")
 
 
 if __name__ == "__main__":
