@@ -194,3 +194,33 @@ def test_read_4d_tiff_is_image_error(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 3, 4, 5, 3), dtype=np.uint8))
     with pytest.raises(ImageError, match="stack.tif"):
         read_image(tmp_path / "stack.tif")
+
+
+def test_pixel_size_stated_by_the_file(tmp_path):
+    """µm/px from resolution tags (cm and inch), OME-XML and Aperio descriptions; print resolutions, PNGs and
+    untagged TIFFs state none."""
+    import tifffile
+    from PIL import Image
+
+    from histosam.io.images import image_mpp, tiff_mpp
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    cases = {
+        "cm.tif": dict(resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER"),  # 0.5 µm/px
+        "inch.tif": dict(resolution=(25400 / 0.25, 25400 / 0.25), resolutionunit="INCH"),  # 0.25 µm/px
+        "ome.ome.tif": dict(ome=True, metadata={"axes": "YXS", "PhysicalSizeX": 0.2425, "PhysicalSizeXUnit": "µm"}),
+        "aperio.tif": dict(description="Aperio Image Library v12 |AppMag = 20|MPP = 0.4990"),
+        "print.tif": dict(resolution=(72, 72), resolutionunit="INCH"),  # 352.8 µm/px: a print resolution
+        "untagged.tif": {},
+    }
+    for name, kw in cases.items():
+        tifffile.imwrite(tmp_path / name, img, **kw)
+    Image.fromarray(img).save(tmp_path / "plain.png")
+    assert image_mpp(tmp_path / "cm.tif") == pytest.approx(0.5)
+    assert image_mpp(tmp_path / "inch.tif") == pytest.approx(0.25)
+    assert image_mpp(tmp_path / "ome.ome.tif") == pytest.approx(0.2425)
+    assert image_mpp(tmp_path / "aperio.tif") == pytest.approx(0.499)
+    assert tiff_mpp(tmp_path / "print.tif") == pytest.approx(25400 / 72)
+    assert image_mpp(tmp_path / "print.tif") is None
+    assert image_mpp(tmp_path / "untagged.tif") is None
+    assert image_mpp(tmp_path / "plain.png") is None

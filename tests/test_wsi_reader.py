@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 
 from histosam.errors import HistosamError, SlideError
 from histosam.wsi.reader import DEFAULT_MPP, MissingMppWarning, _to_rgb, open_slide
@@ -56,6 +57,12 @@ def test_mpp_override_and_default(tmp_path, slide):
         open_slide(nompp, mpp=0.5).close()  # no warning when the user gives mpp
     with pytest.raises(SlideError, match="mpp must be > 0"):
         open_slide(slide, mpp=0)
+    printed = tmp_path / "printed.tif"  # a 72-dpi resolution tag is a print resolution, not a pixel size
+    tifffile.imwrite(printed, np.zeros((64, 64, 3), np.uint8), resolution=(72, 72), resolutionunit="INCH")
+    with pytest.warns(MissingMppWarning):
+        s = open_slide(printed)
+    assert s.mpp == DEFAULT_MPP and s.mpp_source == "default"
+    s.close()
 
 
 def test_read_at_mpp_uses_pyramid(slide):

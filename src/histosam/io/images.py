@@ -16,6 +16,7 @@ Conversion rules (:func:`to_rgb_uint8`):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,54 @@ import numpy as np
 from histosam.errors import ImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def tiff_mpp(path: str | os.PathLike) -> float | None:
+    """µm/px from a TIFF's OME-XML ``PhysicalSizeX``, Aperio ``MPP=`` description or resolution tags (inch or cm
+    units) of its first page; ``None`` when absent or when the file is not a TIFF."""
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(Path(path)) as tif:
+            page = tif.pages[0]
+            if tif.is_ome and tif.ome_metadata:
+                m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+                u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+                if m and (u is None or u.group(1) in ("µm", "um", "\u00b5m", "micron")):
+                    return float(m.group(1))
+            desc = page.description or ""
+            m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)  # Aperio ImageDescription
+            if m:
+                return float(m.group(1))
+            tags = page.tags
+            if "XResolution" not in tags or "ResolutionUnit" not in tags:
+                return None
+            unit = int(tags["ResolutionUnit"].value)
+            num, den = tags["XResolution"].value
+            ppu = num / den if den else 0.0
+            if ppu <= 0 or unit not in (2, 3):
+                return None
+            return (25400.0 if unit == 2 else 10000.0) / ppu
+    except Exception:  # noqa: BLE001 - not a TIFF or unreadable tags: simply no mpp
+        return None
+
+
+#: µm/px a microscope image can plausibly have (a 1× objective is ~10 µm/px); resolution tags outside this
+#: range are a screen or print resolution (72-300 dpi: 85-350 µm/px), not a pixel size
+PLAUSIBLE_MPP = (0.02, 20.0)
+
+
+def image_mpp(path: str | os.PathLike) -> float | None:
+    """The pixel size an image file states about itself (:func:`tiff_mpp`), when it is a plausible microscope
+    pixel size (:data:`PLAUSIBLE_MPP`); ``None`` otherwise (PNG/JPEG, TIFFs without or with print resolutions)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    return plausible_mpp(tiff_mpp(path))
+
+
+def plausible_mpp(mpp: float | None) -> float | None:
+    """``mpp`` when it lies in :data:`PLAUSIBLE_MPP`, else ``None``."""
+    return mpp if mpp is not None and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1] else None
 
 
 def read_image(path: str | os.PathLike, stretch: str | None = None) -> np.ndarray:

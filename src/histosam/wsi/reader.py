@@ -12,13 +12,13 @@ OME-TIFF goes to tiffslide first, because OpenSlide shows only its first level.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from histosam.errors import SlideError
+from histosam.io.images import plausible_mpp, tiff_mpp
 
 #: assumed level-0 resolution when the slide stores none and the user passes no ``mpp`` (40x scan)
 DEFAULT_MPP = 0.25
@@ -45,35 +45,6 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
         rgb = (arr[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
         return rgb.astype(np.uint8)
     return np.ascontiguousarray(arr[..., :3])
-
-
-def _mpp_from_tiff_tags(path: Path) -> float | None:
-    """mpp from the first page's resolution tags or OME-XML ``PhysicalSizeX`` (µm); ``None`` if absent."""
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            if tif.is_ome and tif.ome_metadata:
-                m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-                u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-                if m and (u is None or u.group(1) in ("µm", "um", "\u00b5m", "micron")):
-                    return float(m.group(1))
-            desc = page.description or ""
-            m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)  # Aperio ImageDescription
-            if m:
-                return float(m.group(1))
-            tags = page.tags
-            if "XResolution" not in tags or "ResolutionUnit" not in tags:
-                return None
-            unit = int(tags["ResolutionUnit"].value)
-            num, den = tags["XResolution"].value
-            ppu = num / den if den else 0.0
-            if ppu <= 0 or unit not in (2, 3):
-                return None
-            return (25400.0 if unit == 2 else 10000.0) / ppu
-    except Exception:  # noqa: BLE001 - not a TIFF or unreadable tags: simply no mpp
-        return None
 
 
 class SlideReader:
@@ -164,14 +135,16 @@ class SlideReader:
         self._h = None
 
     def _metadata_mpp(self) -> float | None:
+        """The slide's own µm/px when plausible (:func:`~histosam.io.images.plausible_mpp`: backends read
+        TIFF resolution tags too, and a 72-dpi tag is a print resolution, not a pixel size)."""
         for key in ("openslide.mpp-x", "tiffslide.mpp-x"):
             v = self.properties.get(key)
             if v not in (None, ""):
                 try:
-                    return float(v)
+                    return plausible_mpp(float(v))
                 except ValueError:
                     pass
-        return _mpp_from_tiff_tags(self.path)
+        return plausible_mpp(tiff_mpp(self.path))
 
     # ---------------------------------------------------------------- reading
     @property
