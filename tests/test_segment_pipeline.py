@@ -186,6 +186,30 @@ def test_mpp_resampling_matches_segment(tmp_path, patched_predictor, mpp):
     assert xmax <= img.shape[1] and xmax > 0.8 * img.shape[1]  # original pixels, not working pixels
 
 
+def test_mpp_stated_by_a_tiff_is_used(tmp_path, patched_predictor):
+    """Without ``mpp``, a TIFF's own pixel size resamples the image (same result as passing it); a print
+    resolution (72 dpi) is not taken for one; a given ``mpp`` wins over the file's."""
+    import tifffile
+
+    img = he_image(150, 170, seed=2)
+    kw = dict(tile=128, halo=32, chunk=128, center_distance_threshold=0.8)
+    tagged, printed = tmp_path / "tagged.tif", tmp_path / "printed.tif"
+    tifffile.imwrite(tagged, img, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    tifffile.imwrite(printed, img, resolution=(72, 72), resolutionunit="INCH")
+
+    def parameters(names):
+        return json.loads(names["provenance"].read_text(encoding="utf-8"))["parameters"]
+
+    names = run(tagged, tmp_path / "a", **kw)
+    p = parameters(names)
+    assert (p["mpp"], p["mpp_source"], p["resample_factor"]) == (pytest.approx(0.5), "file", pytest.approx(2.0))
+    assert same_up_to_relabelling(read_labels(names["labels"]), histosam.segment(img, FakeModel(), mpp=0.5, **kw))
+    p = parameters(run(printed, tmp_path / "b", **kw))
+    assert (p["mpp"], p["mpp_source"], p["resample_factor"]) == (None, "none", 1.0)
+    p = parameters(run(tagged, tmp_path / "c", mpp=0.25, **kw))
+    assert (p["mpp"], p["mpp_source"], p["resample_factor"]) == (0.25, "given", 1.0)
+
+
 def test_resume_overwrite_and_gz(image_file, tmp_path):
     path, _ = image_file
     out = tmp_path / "out"

@@ -43,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="inference precision (default auto)")
     p.add_argument("--mpp", type=float, default=None,
-                   help="µm/px of the inputs: resample to the model's resolution, add µm columns")
+                   help="µm/px of the inputs: resample to the model's resolution, add µm columns (default: what a "
+                   "TIFF states in its OME-XML or resolution tags, else the model's resolution)")
     p.add_argument("--geojson-gz", action="store_true", help="write <stem>.geojson.gz (gzip) instead of .geojson")
     p.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs are complete")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -178,7 +179,11 @@ def run(args: argparse.Namespace) -> int:
             fail(str(path), f"{type(exc).__name__}: {exc}")
             continue
         done += 1
-        n = json.loads(names["provenance"].read_text(encoding="utf-8")).get("n_objects")
-        print(f"{path}: {n} nuclei -> {names['geojson']}", file=sys.stderr)
+        provenance = json.loads(names["provenance"].read_text(encoding="utf-8"))
+        working_mpp = getattr(getattr(model, "config", None), "mpp", None)
+        if provenance["parameters"].get("mpp_source") == "none" and working_mpp is not None:
+            print(f"{path}: note: no pixel size given (--mpp) or stated in the file: taken to be the model's "
+                  f"{working_mpp} µm/px", file=sys.stderr)
+        print(f"{path}: {provenance.get('n_objects')} nuclei -> {names['geojson']}", file=sys.stderr)
     print(f"{done} done, {skipped} skipped, {len(failed)} failed", file=sys.stderr)
     return 1 if failed else 0

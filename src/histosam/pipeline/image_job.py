@@ -28,7 +28,7 @@ import pandas as pd
 from histosam.errors import HistosamError
 from histosam.inference.runtime import release_freed_memory
 from histosam.io.geojson import GeoJSONWriter
-from histosam.io.images import read_image
+from histosam.io.images import image_mpp, read_image
 from histosam.io.provenance import build_provenance, now_iso, write_provenance
 from histosam.io.tables import write_table
 from histosam.measure import instances_to_features, measure_instances
@@ -138,7 +138,10 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
             ``predict_maps`` and no model, no model is loaded and no resampling happens).
         mode: ``"ais"`` (streamed, chunk by chunk) or ``"amg"``.
         tile, halo, chunk, batch_size, device, precision: as in :func:`histosam.segment`.
-        mpp: µm/px of the image: resampling to the model's resolution, µm columns in the table.
+        mpp: µm/px of the image: resampling to the model's resolution, µm columns in the table. ``None``: the
+            pixel size the file states (OME-TIFF ``PhysicalSizeX``, TIFF resolution tags; see
+            :func:`histosam.io.images.image_mpp`), else none (the image is taken to be at the model's resolution).
+            The provenance records which (``mpp_source``: ``"given"``, ``"file"`` or ``"none"``).
         geojson_gz: write ``<stem>.geojson.gz`` instead of ``<stem>.geojson``.
         write_parquet: also write ``<stem>_nuclei.parquet``.
         overwrite: recompute even when a complete output set exists (otherwise it is skipped).
@@ -160,6 +163,10 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         if done is not None:
             return done
     rgb = read_image(path)
+    mpp_source = "given" if mpp is not None else "none"
+    if mpp is None:
+        mpp = image_mpp(path)
+        mpp_source = "file" if mpp is not None else "none"
     read_s = time.perf_counter() - t0
     if model is not None or predict_maps is None:
         from histosam.automatic import resolve_model
@@ -186,8 +193,8 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
     timings = {"read_s": read_s, "model_s": t1 - t0 - read_s, "segment_s": t2 - t1 - writers.measure_s,
                "measure_s": writers.measure_s, "write_s": t3 - t2, "total_s": time.perf_counter() - t0}
     _write_provenance(path, names, model, predict_maps, started, timings, writers.n, rgb.shape[:2], {
-        "mode": mode, "device": device, "precision": precision, "mpp": mpp, "batch_size": batch_size,
-        "geojson_gz": geojson_gz, **settings})
+        "mode": mode, "device": device, "precision": precision, "mpp": mpp, "mpp_source": mpp_source,
+        "batch_size": batch_size, "geojson_gz": geojson_gz, **settings})
     return names
 
 
