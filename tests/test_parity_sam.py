@@ -95,6 +95,34 @@ def test_blocked_global_attention_equals_one_piece(size, plan, monkeypatch):
     assert torch.allclose(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(40, 40), (33, 50)])
+def test_sdpa_global_attention_equals_one_piece(size, monkeypatch):
+    """The CUDA path (one ``scaled_dot_product_attention`` per block of query rows, the bias as its mask), run
+    here on the CPU with a small block budget: equal to the one-piece computation, values and gradients."""
+    from histosam.models import image_encoder
+    from histosam.models.image_encoder import attention_with_decomposed_rel_pos
+
+    monkeypatch.setattr(image_encoder, "_sdpa_global_attention", lambda device: True)
+    monkeypatch.setattr(image_encoder, "_GPU_BLOCK_ELEMENTS", 3 * 7 * 40 * 40 * 50)  # 7 rows of 40-50 tokens
+    torch.manual_seed(0)
+    (h, w), heads, d = size, 3, 16
+    qkv = torch.randn(h * w, 3, heads, d, requires_grad=True)
+    rel_pos_h = torch.randn(2 * h - 1, d, requires_grad=True)
+    rel_pos_w = torch.randn(2 * w - 1, d, requires_grad=True)
+    results, grads = [], []
+    for fused in (False, True):
+        q, k, v = qkv.permute(1, 2, 0, 3).unbind(0)  # (heads, N, d) strided views
+        out = attention_with_decomposed_rel_pos(q, k, v, rel_pos_h, rel_pos_w, size, d**-0.5, fused=fused)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append(out.detach())
+        grads.append([t.grad.clone() for t in (qkv, rel_pos_h, rel_pos_w)])
+        for t in (qkv, rel_pos_h, rel_pos_w):
+            t.grad = None
+    assert torch.allclose(results[1], results[0], atol=1e-5, rtol=1e-5)
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_blocked_global_attention_gradients():
     """Finetuning the encoder goes through the blocked path too: its gradients equal the one-piece ones."""
     from histosam.models.image_encoder import attention_with_decomposed_rel_pos

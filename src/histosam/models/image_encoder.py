@@ -9,7 +9,9 @@ one GEMM, softmax, ``·v``), reading the heads as strided views of the qkv proje
 the token-major layout of the output projection; windowed attention projects only the real tokens (a padded
 zero token projects to exactly the qkv bias) and folds the bias into one GEMM; under autocast the residual stream
 and layer norms stay in bf16. (On CPU this beat ``scaled_dot_product_attention`` with the bias folded into q/k
-or passed as a mask: the CPU flash kernel was 2-4× slower than the explicit product here.)
+or passed as a mask: the CPU flash kernel was 2-4× slower than the explicit product here.) On CUDA, global
+attention runs as ``scaled_dot_product_attention`` per block of query rows with the block's bias as the mask
+(:func:`_attention_blocks_sdpa`).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def attention_with_decomposed_rel_pos(
         attn = torch.bmm(q_aug, k_aug.transpose(-2, -1))
         result = torch.bmm(torch.softmax(attn, dim=-1), v)
     else:
-        return _attention_blocks(q, k, v, r_h, r_w, size, scale, q.new_empty(q.shape) if out is None else out)
+        blocks = _attention_blocks_sdpa if _sdpa_global_attention(q.device) else _attention_blocks
+        return blocks(q, k, v, r_h, r_w, size, scale, q.new_empty(q.shape) if out is None else out)
     if out is None:
         return result
     out.copy_(result)
@@ -146,6 +149,31 @@ def _attention_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: to
                 torch.add(rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :], out=attn.view(bias_shape))
                 attn.baddbmm_(q_scaled[:, sl], kt)
             out[hb, sl] = torch.bmm(torch.softmax(attn, dim=-1), vb)
+    return out
+
+
+def _sdpa_global_attention(device: torch.device) -> bool:
+    """Global attention through ``scaled_dot_product_attention`` (with the bias as its mask) on CUDA, where its
+    fused kernels avoid the logits' round trips through memory; the explicit product on CPU (faster there)."""
+    return device.type == "cuda"
+
+
+def _attention_blocks_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: torch.Tensor,
+                           r_w: torch.Tensor, size: tuple[int, int], scale: float,
+                           out: torch.Tensor) -> torch.Tensor:
+    """Global attention in blocks of query rows (all heads at once, ~16 M logits per block, see
+    :func:`attention_block_plan`), each one ``scaled_dot_product_attention`` call with that block's
+    ``rel_h + rel_w`` materialised as the float mask; written into ``out``. Same arguments as
+    :func:`_attention_blocks`."""
+    h, w = size
+    bsz, n, _ = q.shape
+    _, rows = attention_block_plan("cuda", bsz, size)
+    rel_h, rel_w = _rel_bias(q, r_h, r_w, size)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        sl = slice(r0 * w, r1 * w)
+        bias = (rel_h[:, r0:r1, :, :, None] + rel_w[:, r0:r1, :, None, :]).reshape(bsz, (r1 - r0) * w, n)
+        out[:, sl] = F.scaled_dot_product_attention(q[:, sl], k, v, attn_mask=bias.to(q.dtype), scale=scale)
     return out
 
 
