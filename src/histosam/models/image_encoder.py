@@ -143,12 +143,13 @@ def _attention_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r_h: to
             bias_shape = (qb.shape[0], r1 - r0, w, h, w)
             if grad:  # autograd cannot go through out= and the reused buffer
                 bias = (rel_h[:, r0:r1, :, :, None] + rel_w[:, r0:r1, :, None, :]).reshape(qb.shape[0], -1, n)
-                attn = torch.baddbmm(bias, q_scaled[:, sl], kt)
-            else:  # the bias first (one pass), then the GEMM accumulates scale·q·kᵀ onto it in place
+                probs = torch.softmax(torch.baddbmm(bias, q_scaled[:, sl], kt), dim=-1)
+            else:  # the bias first (one pass), then the GEMM accumulates scale·q·kᵀ onto it, softmax in place
                 attn = logits.view(-1)[: qb.shape[0] * (r1 - r0) * w * n].view(qb.shape[0], (r1 - r0) * w, n)
                 torch.add(rel_h[:, r0:r1, :, :, None], rel_w[:, r0:r1, :, None, :], out=attn.view(bias_shape))
                 attn.baddbmm_(q_scaled[:, sl], kt)
-            out[hb, sl] = torch.bmm(torch.softmax(attn, dim=-1), vb)
+                probs = torch.softmax(attn, dim=-1, out=attn)  # the probabilities stay in the cached block
+            out[hb, sl] = torch.bmm(probs, vb)
     return out
 
 
