@@ -95,6 +95,19 @@ def test_blocked_global_attention_equals_one_piece(size, plan, monkeypatch):
     assert torch.allclose(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_as_a_product_is_the_sum_exactly(dtype):
+    """The global attention writes each query's bias ``rel_h[kh] + rel_w[kw]`` as a K=2 product: bit-equal to
+    the broadcasting add, in fp32 and bf16."""
+    from histosam.models.image_encoder import _outer_sum_factors
+
+    torch.manual_seed(0)
+    rel_h, rel_w = (torch.randn(2, 5, 7, 9) * 30).to(dtype), (torch.randn(2, 5, 7, 11) * 30).to(dtype)
+    rows_h, cols_w = _outer_sum_factors(rel_h, rel_w)
+    product = torch.bmm(rows_h.reshape(-1, 9, 2), cols_w.reshape(-1, 2, 11)).view(2, 5, 7, 9, 11)
+    assert torch.equal(product, rel_h[..., None] + rel_w[..., None, :])
+
+
 @pytest.mark.parametrize("size", [(40, 40), (33, 50)])
 def test_sdpa_global_attention_equals_one_piece(size, monkeypatch):
     """The CUDA path (one ``scaled_dot_product_attention`` per block of query rows, the bias as its mask), run
