@@ -95,6 +95,23 @@ def test_blocked_global_attention_equals_one_piece(size, plan, monkeypatch):
     assert torch.allclose(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_windowed_attention_in_chunks_equals_one_piece(monkeypatch):
+    """Window grids (one GEMM with the bias folded in) run at CPU inference in chunks of the batch: chunks of 3
+    window-heads with a short last one give the one-piece result."""
+    from histosam.models import image_encoder
+    from histosam.models.image_encoder import attention_with_decomposed_rel_pos
+
+    monkeypatch.setattr(image_encoder, "_CPU_BLOCK_LOGITS", 3 * 14 * 14 * 14 * 14)
+    torch.manual_seed(0)
+    size, heads, d = (14, 14), 7, 16
+    q, k, v = torch.randn(14 * 14, 3, heads, d).permute(1, 2, 0, 3).unbind(0)
+    rel_pos_h, rel_pos_w = torch.randn(27, d), torch.randn(27, d)
+    expected = attention_with_decomposed_rel_pos(q, k, v, rel_pos_h, rel_pos_w, size, d**-0.5, fused=False)
+    with torch.no_grad():
+        out = attention_with_decomposed_rel_pos(q, k, v, rel_pos_h, rel_pos_w, size, d**-0.5)
+    assert torch.allclose(out, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_bias_as_a_product_is_the_sum_exactly(dtype):
     """The global attention writes each query's bias ``rel_h[kh] + rel_w[kw]`` as a K=2 product: bit-equal to
