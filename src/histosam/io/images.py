@@ -37,7 +37,7 @@ def tiff_mpp(path: str | os.PathLike) -> float | None:
             if tif.is_ome and tif.ome_metadata:
                 m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
                 u = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-                if m and (u is None or u.group(1) in ("µm", "um", "\u00b5m", "micron")):
+                if m and (u is None or u.group(1) in ("\u00b5m", "\u03bcm", "um", "micron")):  # micro sign, Greek mu
                     return float(m.group(1))
             desc = page.description or ""
             m = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", desc)  # Aperio ImageDescription

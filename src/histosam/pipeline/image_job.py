@@ -163,10 +163,10 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         if done is not None:
             return done
     rgb = read_image(path)
-    mpp_source = "given" if mpp is not None else "none"
+    mpp_source = "given"
     if mpp is None:
         mpp = image_mpp(path)
-        mpp_source = "file" if mpp is not None else "none"
+        mpp_source = "none" if mpp is None else "file"
     read_s = time.perf_counter() - t0
     if model is not None or predict_maps is None:
         from histosam.automatic import resolve_model
