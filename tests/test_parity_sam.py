@@ -95,6 +95,27 @@ def test_blocked_global_attention_equals_one_piece(size, plan, monkeypatch):
     assert torch.allclose(out.transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sdpa", [False, True])
+def test_global_block_fast_paths_equal_plain(sdpa, monkeypatch):
+    """A global-attention block on 36×36 tokens (the blocked path, not the window one), two images, as the
+    encoder calls it (heads as strided views, output written in place): the fast path (CPU plan, or the CUDA plan
+    with SDPA forced onto the CPU) equals the plain path. Weights large enough for peaked attention."""
+    from histosam.models import image_encoder
+
+    monkeypatch.setattr(image_encoder, "_sdpa_global_attention", lambda device: sdpa)
+    torch.manual_seed(0)
+    block = image_encoder.Block(96, 3, window_size=0, input_size=(36, 36)).eval()
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            p.normal_(0, 0.3 if name.startswith("attn.") else 0.05)
+        x = torch.randn(2, 36, 36, 96)
+        fast = block(x)
+        block.attn.fused = False
+        plain = block(x)
+    assert (fast - x).abs().max() > 1.0  # the attention contributes
+    assert torch.allclose(fast, plain, atol=2e-5, rtol=1e-5)
+
+
 def test_windowed_attention_in_chunks_equals_one_piece(monkeypatch):
     """Window grids (one GEMM with the bias folded in) run at CPU inference in chunks of the batch: chunks of 3
     window-heads with a short last one give the one-piece result."""
