@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -36,6 +38,29 @@ def test_atomic_write_keeps_old_file_on_exception(tmp_path):
             (d / "a").write_text("x")
             raise RuntimeError
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out.txt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    """New outputs get 0o666/0o777 less the umask (not the temporary's private 0o600/0o700: group members on
+    shared storage must read them); a replaced file keeps its old permissions."""
+    old_mask = os.umask(0o027)
+    try:
+        with atomic_write(tmp_path / "a.json") as f:
+            f.write("{}")
+        with atomic_path(tmp_path / "b.tif") as tmp:
+            tmp.write_bytes(b"x")
+        with atomic_dir(tmp_path / "c.zarr") as d:
+            (d / "zarr.json").write_text("{}")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+        assert stat.S_IMODE((tmp_path / "b.tif").stat().st_mode) == 0o640
+        assert stat.S_IMODE((tmp_path / "c.zarr").stat().st_mode) == 0o750
+        (tmp_path / "a.json").chmod(0o604)
+        with atomic_write(tmp_path / "a.json") as f:
+            f.write("[]")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o604
+    finally:
+        os.umask(old_mask)
 
 
 def test_labels_tiff_and_zarr_roundtrip(tmp_path):

@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
 
 Readers never see a half-written file, and on an exception the temporary file is removed and any
-existing file at the target path is left untouched.
+existing file at the target path is left untouched. The finished file or folder gets the permissions of the one
+it replaces, else those a plain ``open``/``mkdir`` would give (``0o666``/``0o777`` less the umask), not the
+private ``0o600``/``0o700`` of the temporary (outputs on shared storage stay readable by the group).
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Self
 
-__all__ = ["atomic_write", "atomic_path", "atomic_dir", "AtomicStreamWriter"]
+__all__ = ["atomic_write", "atomic_path", "atomic_dir", "atomic_torch_save", "AtomicStreamWriter"]
 
 
 def _tmp_name(path: Path, suffix: str = "") -> Path:
@@ -32,12 +35,33 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where it is there (no change to the process), else by
+    setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path, directory: bool) -> int:
+    """Permission bits for what replaces ``path``: the old one's, else the default for a new file/folder."""
+    with contextlib.suppress(OSError):
+        return stat.S_IMODE(path.stat().st_mode)
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def _replace_or_discard(tmp: Path, path: Path) -> Iterator[None]:
-    """Run the body that fills the temporary file ``tmp``; then move it onto ``path`` (``os.replace``)
-    and fsync the folder. If the body or the move raises, ``tmp`` is removed and the exception re-raised."""
+    """Run the body that fills the temporary file ``tmp``; then give it its final permissions, move it onto
+    ``path`` (``os.replace``) and fsync the folder. If the body or the move raises, ``tmp`` is removed and the
+    exception re-raised."""
     try:
         yield
+        os.chmod(tmp, _final_mode(path, directory=False))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -95,6 +119,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, _final_mode(path, directory=True))
     old = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -104,6 +129,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write` (creating the parent folder); returns the path."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return path
 
 
 class AtomicStreamWriter:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from histosam.errors import CheckpointError
+from histosam.io.atomic import atomic_torch_save
 
 HISTOSAM_FORMAT_VERSION = 1
 _DECODER_PREFIXES = ("base.", "decoder.", "deconv1.", "deconv2.", "deconv3.", "deconv4.", "deconv_out.",
@@ -198,7 +199,7 @@ def save_histosam(model: torch.nn.Module, path: str | os.PathLike, extra: dict[s
     payload = {"format": "histosam", "version": HISTOSAM_FORMAT_VERSION, "config": model.config.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     payload.update(extra or {})
-    return _atomic_torch_save(payload, Path(path))
+    return atomic_torch_save(payload, path)
 
 
 def export_micro_sam(model: torch.nn.Module, path: str | os.PathLike) -> Path:
@@ -209,15 +210,6 @@ def export_micro_sam(model: torch.nn.Module, path: str | os.PathLike) -> Path:
     payload: dict[str, Any] = {"model_state": state}
     if model.instance_decoder is not None:
         payload["decoder_state"] = {k: v.detach().cpu() for k, v in model.instance_decoder.state_dict().items()}
-    return _atomic_torch_save(payload, Path(path))
+    return atomic_torch_save(payload, path)
 
 
-def _atomic_torch_save(payload: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
