@@ -16,7 +16,9 @@ prompt is mapped to the model's input frame:
   (``tiling=True``), at native resolution.
 
 Embeddings are cached by image content (a hash of the pixels), so setting the same image again is free, and
-can be saved to / loaded from a file (:meth:`Predictor.save_embedding`, ``set_image(..., embedding_path=...)``).
+can be saved to / loaded from a file (:meth:`Predictor.save_embedding`, ``set_image(..., embedding_path=...)``);
+a file is reused only for the same pixels, precision and weights (a fingerprint of every parameter, so two
+checkpoints that share a name never share embeddings).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import torch
 from histosam.errors import HistosamError
 from histosam.inference import preprocess as pre
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
+from histosam.io.atomic import atomic_torch_save
 from histosam.io.images import to_rgb_uint8
+from histosam.models.param_cache import weights_fingerprint
 from histosam.models.sam import SegmentAnything
 
 EMBEDDING_FORMAT = "histosam-embedding-v1"
@@ -225,17 +229,13 @@ class Predictor:
         return self._tiles
 
     def save_embedding(self, path: str | os.PathLike) -> Path:
-        """Write all tile embeddings with the image key, atomically."""
+        """Write all tile embeddings with the image key and the weights' fingerprint, atomically."""
         tiles = self._require_image()
-        payload = {"format": EMBEDDING_FORMAT, "key": self.image_key, "frame": self.frame,
+        payload = {"format": EMBEDDING_FORMAT, "key": self.image_key, "weights": weights_fingerprint(self.model),
+                   "frame": self.frame,
                    "tiles": [dict(row=t.row, col=t.col, h=t.h, w=t.w, input_size=t.input_size,
                                   embedding=self._tile_embedding(t).cpu()) for t in tiles]}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_torch_save(payload, path)
 
     def _load_embedding_file(self, path: Path) -> bool:
         try:
@@ -244,7 +244,8 @@ class Predictor:
             warnings.warn(f"embedding file {path} is unreadable; recomputing", stacklevel=3)
             return False
         if not isinstance(payload, dict) or payload.get("format") != EMBEDDING_FORMAT or \
-                payload.get("key") != self.image_key or len(payload.get("tiles", [])) != len(self._tiles or []):
+                payload.get("key") != self.image_key or len(payload.get("tiles", [])) != len(self._tiles or []) or \
+                payload.get("weights") != weights_fingerprint(self.model):
             warnings.warn(f"embedding file {path} belongs to another image or model; recomputing", stacklevel=3)
             return False
         for tile, saved in zip(self._tiles or [], payload["tiles"]):
