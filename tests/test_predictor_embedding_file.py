@@ -73,3 +73,20 @@ def test_fingerprint_follows_in_place_changes():
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)
     assert weights_fingerprint(model) != before
+
+
+def test_in_memory_embeddings_follow_in_place_weight_changes():
+    """The same image set again reuses its embedding, unless the weights changed in place since (a training
+    step between two evaluations)."""
+    model = _tiny(0)
+    predictor = Predictor(model, device="cpu")
+    image = _image(0)
+    predictor.set_image(image)
+    first = predictor.get_image_embedding()
+    predictor.set_image(image)
+    assert predictor.get_image_embedding() is first  # cached
+    with torch.no_grad():
+        for p in predictor.model.image_encoder.parameters():
+            p.mul_(1.5)
+    predictor.set_image(image)
+    assert not torch.equal(predictor.get_image_embedding(), first)

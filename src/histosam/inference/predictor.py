@@ -38,7 +38,7 @@ from histosam.inference import preprocess as pre
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
 from histosam.io.atomic import atomic_torch_save
 from histosam.io.images import to_rgb_uint8
-from histosam.models.param_cache import weights_fingerprint
+from histosam.models.param_cache import version_key, weights_fingerprint
 from histosam.models.sam import SegmentAnything
 
 EMBEDDING_FORMAT = "histosam-embedding-v1"
@@ -137,7 +137,7 @@ class Predictor:
         self.frame = int(model.image_size)
         self.tiling = tiling
         self.tile_overlap = self.frame // 4 if tile_overlap is None else int(tile_overlap)
-        self._cache: OrderedDict[str, list[_Tile]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, tuple], list[_Tile]] = OrderedDict()
         self.cache_size = cache_size
         self._tiles: list[_Tile] | None = None
         self._rgb: np.ndarray | None = None
@@ -183,12 +183,15 @@ class Predictor:
         self._rgb = rgb
         self.original_size = rgb.shape[:2]
         self.image_key = key
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self._tiles = self._cache[key]
+        # in memory, the weights' version too: embeddings made before an in-place change of the weights (a
+        # training step) are not reused
+        cache_key = (key, version_key(*self.model.state_dict(keep_vars=True).values()))
+        if cache_key in self._cache:
+            self._cache.move_to_end(cache_key)
+            self._tiles = self._cache[cache_key]
         else:
             self._tiles = self._layout(*rgb.shape[:2])
-            self._cache[key] = self._tiles
+            self._cache[cache_key] = self._tiles
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         if embedding_path is not None:
