@@ -174,6 +174,32 @@ def test_predict_point_and_box(tmp_path, capsys, tiny_model_path, image_path, su
     assert read_image(image_path).shape == (96, 128, 3)
 
 
+def test_predict_resamples_to_the_model_resolution(tmp_path, image_path):
+    """With the embedded model (0.25 µm/px) a 0.5 µm/px image is resampled: given by --mpp or by the TIFF's own
+    resolution tags, with the same result; the mask stays in the image's pixels; --mpp wins over the file."""
+    import tifffile
+
+    from histosam.io.images import read_image
+    from histosam.io.labels import read_labels
+
+    image = read_image(image_path)
+    tagged = tmp_path / "tagged.tif"
+    tifffile.imwrite(tagged, image, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    common = ["--device", "cpu", "--precision", "fp32", "--point", "60,45"]
+    reports = {}
+    for name, source, extra in (("given", image_path, ["--mpp", "0.5"]), ("file", tagged, []),
+                                ("override", tagged, ["--mpp", "0.25"])):
+        assert main(["predict", str(source), "-o", str(tmp_path / f"{name}.tif"), *common, *extra]) == 0
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert (reports["given"]["mpp"], reports["given"]["resample_factor"]) == (0.5, 2.0)
+    assert (reports["file"]["mpp"], reports["file"]["resample_factor"]) == (pytest.approx(0.5), 2.0)
+    assert (reports["override"]["mpp"], reports["override"]["resample_factor"]) == (0.25, 1.0)
+    given, from_file = read_labels(tmp_path / "given.tif"), read_labels(tmp_path / "file.tif")
+    assert given.shape == image.shape[:2] and given.any()
+    np.testing.assert_array_equal(given, from_file)
+    assert main(["predict", str(image_path), "-o", str(tmp_path / "bad.png"), *common, "--mpp", "0"]) == 2
+
+
 def test_predict_single_point(tmp_path, tiny_model_path, image_path):
     out = tmp_path / "one.png"
     assert main(["predict", str(image_path), "-o", str(out), "--model", str(tiny_model_path), "--device", "cpu",

@@ -76,6 +76,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="encoder precision (default auto: bf16 where fast)")
     p.add_argument("--device", default=None, help="torch device (default: automatic)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="µm/px of IMAGE: resampled to the model's resolution where the model states one (default: "
+                   "what a TIFF states in its OME-XML or resolution tags, else none); prompts and mask stay in "
+                   "IMAGE's pixels")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow checkpoints with pickled Python objects (only for files you trust)")
     p.set_defaults(func=run)
@@ -117,7 +121,7 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
 def run(args: argparse.Namespace) -> int:
     from histosam.inference.predictor import Predictor
     from histosam.io.atomic import atomic_write
-    from histosam.io.images import read_image
+    from histosam.io.images import image_mpp, read_image
     from histosam.registry.loader import load_model
 
     out = Path(args.output)
@@ -125,11 +129,14 @@ def run(args: argparse.Namespace) -> int:
         raise HistosamError(f"output must end in {', '.join(OUTPUT_SUFFIXES)}, got {out.name!r}")
     if not out.parent.is_dir():
         raise HistosamError(f"output folder {out.parent} does not exist")
+    if args.mpp is not None and not args.mpp > 0:
+        raise HistosamError("--mpp must be > 0")
     image = read_image(args.image)
     check_prompts(args.point, args.box, image.shape[:2])
+    mpp = args.mpp if args.mpp is not None else image_mpp(args.image)
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
     predictor = Predictor(model, device=args.device, precision=args.precision)
-    predictor.set_image(image)
+    predictor.set_image(image, mpp=mpp)
     points = np.array([p[:2] for p in args.point], dtype=np.float32) if args.point else None
     labels = np.array([p[2] for p in args.point], dtype=np.int64) if args.point else None
     box = np.array(args.box, dtype=np.float32) if args.box is not None else None
@@ -147,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         "architecture": model.config.architecture,
         "device": str(predictor.device),
         "precision": predictor.precision,
+        "mpp": mpp,
+        "resample_factor": predictor.scale,
         "prompts": {"points": [[x, y] for x, y, _ in args.point], "labels": [lab for *_, lab in args.point],
                     "box": list(args.box) if args.box is not None else None},
         "multimask": bool(args.multimask),
