@@ -56,9 +56,18 @@ def test_cli_split_and_errors(tmp_path, capsys):
     assert main(args + ["--split", "val", "--val-fraction", "0.25", "--seed", "1"]) == 0
     assert len(_read_csv(out / "baseline.csv")) == 2  # 1 image + mean
     assert main(args + ["--split", "val"]) == 2  # needs --val-fraction
-    assert main(["evaluate", "--data", str(data), "--task", "ais", "-o", str(out)]) == 2  # needs --model
     assert main(["evaluate", "--data", str(tmp_path / "missing"), "--task", "baseline"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cli_ais_defaults_to_the_embedded_model(tmp_path):
+    """Like every other command, evaluate runs the embedded default model when --model is not given, and the
+    report names it."""
+    data = _folder(tmp_path, n=1)
+    out = tmp_path / "ais"
+    assert main(["evaluate", "--data", str(data), "--task", "ais", "-o", str(out)]) == 0
+    assert len(_read_csv(out / "ais.csv")) == 2  # 1 image + mean
+    assert "model histosam-nano;" in (out / "report.md").read_text()
 
 
 def test_cli_interactive_with_fake_model(tmp_path, monkeypatch):

@@ -25,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "segmentation against instance labels: mSA, SA50/SA75, PQ, AJI; NoC/NoF/SPC for clicks.",
     )
     p.add_argument("--data", required=True, type=Path, help="folder with <id>.png + <id>_label.tif")
-    p.add_argument("--model", default=None, help="registered model name or checkpoint path")
+    p.add_argument("--model", default=None,
+                   help="registered model name or checkpoint path (default: the embedded default model; not used "
+                   "by --task baseline)")
     p.add_argument("--task", choices=TASKS, default="ais")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of images in the val split")
     p.add_argument("--seed", type=int, default=42, help="seed of the split and of prompt sampling")
@@ -84,10 +86,6 @@ MD_COLUMNS = ("image", "n_gt", "n_pred", "mSA", "SA50", "SA75", "PQ", "AJI", "po
 def _load_model(args):
     import histosam
 
-    if args.model is None:
-        from histosam.errors import HistosamError
-
-        raise HistosamError(f"--task {args.task} needs --model NAME|PATH")
     try:
         return histosam.load_model(args.model, device=args.device)
     except TypeError:
@@ -134,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{k}/{len(samples)}] {s.id}: {key}={row[key]:.4f} ({row['seconds']:.1f}s)", file=sys.stderr)
     tables = R.write_tables(rows, out, args.task, md_columns=MD_COLUMNS)
     _plots(args, rows, extra, out)
-    _write_report(args, out, tables, len(samples), time.perf_counter() - t_start)
+    model_name = "-" if model is None else getattr(getattr(model, "config", None), "name", args.model)
+    _write_report(args, out, tables, len(samples), time.perf_counter() - t_start, model_name)
     mean = tables["mean"]
     shown = [c for c in ("mSA", "SA50", "PQ", "AJI", "point", "box", "I_P", "I_B", "NoC@85", "NoC@90",
                          "NoF@90", "SPC") if c in mean]
@@ -188,7 +187,7 @@ def _plots(args, rows, extra, out: Path) -> None:
         R.plot_click_curves(curves, out / "msa_per_iteration.png", xlabel="iteration", ylabel="mSA", start=0)
 
 
-def _write_report(args, out: Path, tables, n_images: int, seconds: float) -> None:
+def _write_report(args, out: Path, tables, n_images: int, seconds: float, model_name: str) -> None:
     from histosam import __version__
     from histosam.evaluation import report as R
 
@@ -200,7 +199,7 @@ def _write_report(args, out: Path, tables, n_images: int, seconds: float) -> Non
         f"# histosam evaluate: {args.task}", "",
         f"Command: `{cmd}`", "",
         f"histosam {__version__}; data `{args.data}`; {n_images} images; split {args.split} "
-        f"(val fraction {args.val_fraction}, seed {args.seed}); model {args.model or '-'}; "
+        f"(val fraction {args.val_fraction}, seed {args.seed}); model {model_name}; "
         f"GT relabelled: {args.relabel_gt}; wall time {seconds:.1f} s.", "",
         "Conventions: mSA = mean SA over IoU thresholds 0.50..0.95 (elf matching; SA = 0 when TP = 0), "
         "dataset score = mean of per-image scores; PQ matches at IoU > 0.5; AJI after Kumar et al.", "",
