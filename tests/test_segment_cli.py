@@ -163,6 +163,18 @@ def test_random_model_end_to_end(tmp_path, model_file, capsys):
     assert is_complete(img, tmp_path / "out")
 
 
+def test_amg_that_keeps_nothing_says_why(tmp_path, model_file, capsys):
+    """AMG with a model whose predicted IoUs fall below SAM's thresholds keeps no mask: the run completes and
+    a note names the thresholds and, for a model with an instance decoder, AIS."""
+    img = save(tmp_path / "a.png", he_image(64, 64, 7))
+    rc = main(["segment", str(img), "-o", str(tmp_path / "out"), "--model", str(model_file), "--no-progress",
+               "--mode", "amg", "--param", "points_per_side=4", "--param", "pred_iou_thresh=1.0", "--mpp", "0.25"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "note: AMG kept no mask" in err and "AIS (the default --mode)" in err
+    assert "0 nuclei" in err and is_complete(img, tmp_path / "out")
+
+
 def test_bad_model_fails_once_with_one_line(tmp_path, capsys):
     img = save(tmp_path / "a.png", he_image(128, 128, 7))
     rc = main(["segment", str(img), "-o", str(tmp_path / "out"), "--model", str(tmp_path / "nope.pt")])

@@ -184,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
         if provenance["parameters"].get("mpp_source") == "none" and working_mpp is not None:
             print(f"{path}: note: no pixel size given (--mpp) or stated in the file: taken to be the model's "
                   f"{working_mpp} µm/px", file=sys.stderr)
+        if args.mode == "amg" and provenance.get("n_objects") == 0:
+            print(f"{path}: note: AMG kept no mask: every candidate fell below pred_iou_thresh / "
+                  "stability_score_thresh (--param to lower them)"
+                  + ("; this model has an instance decoder, and AIS (the default --mode) is its automatic mode"
+                     if getattr(model, "instance_decoder", None) is not None else ""), file=sys.stderr)
         print(f"{path}: {provenance.get('n_objects')} nuclei -> {names['geojson']}", file=sys.stderr)
     print(f"{done} done, {skipped} skipped, {len(failed)} failed", file=sys.stderr)
     return 1 if failed else 0
