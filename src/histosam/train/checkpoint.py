@@ -2,7 +2,7 @@
 
 - ``latest.pt``: ``{"format": "histosam-train-state", "version": 1, "model": state_dict, "optimizer": ...,
   "scheduler": ..., "epoch": next epoch to run, "step": global step, "best": best val loss, "torch_rng": ...,
-  "config": TrainConfig dict}``; written atomically (temp file in the same folder + ``os.replace``).
+  "config": TrainConfig dict}``; written atomically (``histosam.io.atomic.atomic_torch_save``).
 - model files (``best.pt``, ``final.pt``): histosam's format ``{"format": "histosam", "version": 1,
   "config": ModelConfig dict, "state_dict": ..., "postprocess": {...}}``, through
   ``histosam.registry.formats.save_histosam``. Initial weights for finetuning are read by
@@ -17,9 +17,6 @@ from typing import Any
 import torch
 
 from histosam.errors import CheckpointError
-from histosam.io.atomic import atomic_torch_save
-
-__all__ = ["atomic_torch_save", "load_train_state", "save_model"]
 
 
 def save_model(path: str | Path, model: torch.nn.Module) -> None:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histosam.train.checkpoint import atomic_torch_save, load_train_state, save_model
+from histosam.io.atomic import atomic_torch_save
+from histosam.train.checkpoint import load_train_state, save_model
 from histosam.train.config import TrainConfig
 from histosam.train.losses import distance_loss, sam_loss
 from histosam.train.prompts import (
