@@ -342,18 +342,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
-        return {"format": "histosam-train-state", "version": 1,
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "epoch": self.epoch, "step": self.step, "best": self.best,
-                "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
+        """The resumable training state: tensors and plain Python values only (read back with
+        ``weights_only=True`` by ``histosam.train.checkpoint.load_train_state``)."""
+        from histosam.train.checkpoint import plain_train_state
+
+        return plain_train_state({
+            "format": "histosam-train-state", "version": 1,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "epoch": int(self.epoch), "step": int(self.step), "best": float(self.best),
+            "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()})
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), float(state["best"])
-        torch.set_rng_state(state["torch_rng"])
+        """Continue from a state of :meth:`state`; a state that does not fit this model/optimiser (another
+        architecture or finetune mode in the same output_dir) is a one-line ``CheckpointError``."""
+        from histosam.errors import CheckpointError
+
+        latest = self.out / "latest.pt"
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            names = set(self.model.state_dict())
+            given = set(state["model"]) if isinstance(state.get("model"), dict) else set()
+            missing, extra = names - given, given - names
+            detail = (f"{len(missing)} missing and {len(extra)} unexpected weights" if missing or extra
+                      else "weights of other shapes")
+            raise CheckpointError(
+                f"{latest} was written for another model ({detail}); delete it or use another output_dir, "
+                "or pass --no-resume to start from scratch") from exc
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            epoch, step, best = int(state["epoch"]), int(state["step"]), float(state["best"])
+            torch.set_rng_state(state["torch_rng"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(
+                f"{latest} does not fit this training run (another finetune mode or a corrupt state: "
+                f"{type(exc).__name__}: {first}); delete it or use another output_dir, or pass --no-resume "
+                "to start from scratch") from exc
+        self.epoch, self.step, self.best = epoch, step, best
 
     def _log(self, record: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
