@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from histosam.errors import SlideError
+from histosam.io.runkey import RunMismatchError
 from histosam.postprocess.ais import watershed_from_maps
 from histosam.wsi.fake import colour_threshold_maps
 from histosam.wsi.pipeline import NoTissueWarning, collect_slides, segment_cohort, segment_slide
 from histosam.wsi.reader import MissingMppWarning, open_slide
 from histosam.wsi.roi import parse_roi
-from histosam.wsi.store import StoreMismatchError
 from histosam.wsi.synthetic import write_synthetic_slide
 
 OPTS = dict(target_mpp=0.5, tile=256, halo=32, chunk=512, context=64, batch_size=4)
@@ -116,6 +116,7 @@ KILL_SCRIPT = textwrap.dedent("""
     def slow(tiles):
         time.sleep(0.4)
         return colour_threshold_maps(tiles)
+    slow.__name__ = "colour_threshold_maps"  # the same maps, slowed down: the run key must match on resume
     segment_slide(sys.argv[1], sys.argv[2], slow, csv_table=True, target_mpp=0.5, tile=256, halo=32,
                   chunk=512, context=64, batch_size=1)
 """)
@@ -175,7 +176,7 @@ def test_dask_one_vs_two_workers(slide, tmp_path):
 
 def test_store_refuses_other_parameters(slide, tmp_path):
     segment_slide(slide, tmp_path, colour_threshold_maps, **OPTS)
-    with pytest.raises(StoreMismatchError, match="other parameters"):
+    with pytest.raises(RunMismatchError, match=r"changed: parameters\.context"):
         segment_slide(slide, tmp_path, colour_threshold_maps, **{**OPTS, "context": 96})
     prov = segment_slide(slide, tmp_path, colour_threshold_maps, overwrite=True, **{**OPTS, "context": 96})
     assert prov["chunks_computed_this_run"] == prov["chunks_with_tissue"]

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from histosam.automatic import resolve_model
     from histosam.errors import HistosamError
     from histosam.pipeline import is_complete, output_names, segment_file
-    from histosam.pipeline.image_job import check_params
+    from histosam.pipeline.image_job import check_params, existing_outputs, run_key
 
     _check(args)
     params = parse_params(args.param, args.mode)
@@ -160,13 +160,18 @@ def run(args: argparse.Namespace) -> int:
             fail(str(path), f"same output name as {owners[stem_key]}; rename one of them")
             continue
         owners[stem_key] = path
-        if not args.overwrite and is_complete(path, out_dir, geojson_gz=args.geojson_gz):
-            skipped += 1
-            print(f"{path}: skipped (complete outputs exist; --overwrite recomputes)", file=sys.stderr)
-            continue
-        if model is None:  # load once, only when something is to be done; a bad model stops everything
+        if model is None:  # load once; a bad model stops everything
             model = resolve_model(args.model, args.device, require_decoder=args.mode == "ais")
         try:
+            if not args.overwrite and is_complete(path, out_dir, geojson_gz=args.geojson_gz):
+                key = run_key(path, model, None, mode=args.mode, tile=args.tile, halo=args.halo, chunk=args.chunk,
+                              batch_size=args.batch_size, device=args.device, precision=args.precision,
+                              mpp=args.mpp, geojson_gz=args.geojson_gz, params=params)
+                if existing_outputs(path, out_dir, key, geojson_gz=args.geojson_gz) is not None:
+                    skipped += 1
+                    print(f"{path}: skipped (complete outputs from the same model, input and parameters exist; "
+                          "--overwrite recomputes)", file=sys.stderr)
+                    continue
             names = segment_file(path, out_dir, model, args.mode, tile=args.tile, halo=args.halo,
                                  chunk=args.chunk, batch_size=args.batch_size, device=args.device,
                                  precision=args.precision, mpp=args.mpp, geojson_gz=args.geojson_gz,

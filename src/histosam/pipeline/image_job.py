@@ -41,7 +41,7 @@ from histosam.pipeline.outputs import (
     source_index,
 )
 
-__all__ = ["segment_file", "check_params", "ENGINE_KEYS"]
+__all__ = ["segment_file", "check_params", "ENGINE_KEYS", "run_key", "existing_outputs"]
 
 #: resident size (MiB) above which freed heap memory is handed back after a chunk: below it the kept memory
 #: saves page faults (keep_freed_memory), above it the job stays bounded (10,000² image with histosam-nano,
@@ -158,8 +158,14 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
     check_params(mode, params)  # before anything is read or removed
     trim_above_mb = _trim_budget_mb()
     out_dir = Path(out_dir)
+    if model is not None or predict_maps is None:
+        from histosam.automatic import resolve_model
+
+        model = resolve_model(model, device, require_decoder=(mode == "ais" and predict_maps is None))
+    key = run_key(path, model, predict_maps, mode=mode, tile=tile, halo=halo, chunk=chunk, batch_size=batch_size,
+                  device=device, precision=precision, mpp=mpp, geojson_gz=geojson_gz, params=params)
     if not overwrite:
-        done = read_outputs(path, out_dir, geojson_gz=geojson_gz, write_parquet=write_parquet)
+        done = existing_outputs(path, out_dir, key, geojson_gz=geojson_gz, write_parquet=write_parquet)
         if done is not None:
             return done
     rgb = read_image(path)
@@ -168,10 +174,6 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         mpp = image_mpp(path)
         mpp_source = "none" if mpp is None else "file"
     read_s = time.perf_counter() - t0
-    if model is not None or predict_maps is None:
-        from histosam.automatic import resolve_model
-
-        model = resolve_model(model, device, require_decoder=(mode == "ais" and predict_maps is None))
     out_dir.mkdir(parents=True, exist_ok=True)
     names = output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz, write_parquet=write_parquet)
     names["provenance"].unlink(missing_ok=True)  # the set is incomplete until the new provenance lands
@@ -194,8 +196,45 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
                "measure_s": writers.measure_s, "write_s": t3 - t2, "total_s": time.perf_counter() - t0}
     _write_provenance(path, names, model, predict_maps, started, timings, writers.n, rgb.shape[:2], {
         "mode": mode, "device": device, "precision": precision, "mpp": mpp, "mpp_source": mpp_source,
-        "batch_size": batch_size, "geojson_gz": geojson_gz, **settings})
+        "batch_size": batch_size, "geojson_gz": geojson_gz, **settings}, key)
     return names
+
+
+def run_key(path: str | os.PathLike, model: Any, predict_maps: PredictMaps | None, **parameters: Any) -> dict:
+    """The run key of one image job (:mod:`histosam.io.runkey`): the model's weights hash, the input
+    file's name/size/mtime, every option as given (``params`` included) and the histosam version."""
+    from histosam.errors import ImageError
+    from histosam.io.runkey import input_identity, make_run_key, model_identity
+
+    if not Path(path).exists():
+        raise ImageError(f"{path}: no such file")
+    if Path(path).is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    try:
+        ident = input_identity(path)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return make_run_key(model=model_identity(model, predict_maps), input=ident, parameters=parameters)
+
+
+def existing_outputs(path: str | os.PathLike, out_dir: str | os.PathLike, key: dict, *, geojson_gz: bool = False,
+                     write_parquet: bool = True) -> dict[str, Path] | None:
+    """The complete output set of ``path`` in ``out_dir`` when it was made with this run ``key``; ``None`` when
+    there is no complete set. Raises :class:`~histosam.io.runkey.RunMismatchError` when a complete set
+    was made with another model, input, parameters or histosam version (never reused silently)."""
+    import json
+
+    from histosam.io.runkey import check_run_key
+
+    done = read_outputs(path, out_dir, geojson_gz=geojson_gz, write_parquet=write_parquet)
+    if done is None:
+        return None
+    try:
+        old = json.loads(done["provenance"].read_text(encoding="utf-8")).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    check_run_key(old, key, what=f"{done['provenance']}")
+    return done
 
 
 def check_params(mode: str, params: dict[str, Any]) -> None:
@@ -273,7 +312,7 @@ def _run_amg(rgb: np.ndarray, model, writers: _Writers, *, device, precision, mp
 
 
 def _write_provenance(path, names: dict[str, Path], model, predict_maps, started: str, timings: dict,
-                      n: int, shape: tuple[int, int], parameters: dict) -> None:
+                      n: int, shape: tuple[int, int], parameters: dict, key: dict) -> None:
     if model is not None:
         from histosam.registry.loader import describe
 
@@ -283,6 +322,7 @@ def _write_provenance(path, names: dict[str, Path], model, predict_maps, started
     outputs = {k: str(v) for k, v in names.items() if k != "provenance"}
     record = build_provenance(model_name=details.get("name"), model_sha256=details.get("sha256"),
                               parameters=parameters, input_path=path, started=started, outputs=outputs,
-                              extra={"model_details": details, "timings": timings, "n_objects": n,
-                                     "image_shape": list(shape)})
+                              extra={"model_details": {**details, "weights": key["model"]["weights"]},
+                                     "timings": timings, "n_objects": n, "image_shape": list(shape),
+                                     "run_key": key})
     write_provenance(names["provenance"], record)

@@ -67,6 +67,13 @@ class ModelMaps:
         return self._load()[0]
 
     @property
+    def identity(self) -> dict:
+        """``{"weights", "config"}``: content hashes of the model's weights and configuration (run keys)."""
+        from histosam.io.runkey import model_identity
+
+        return model_identity(self._load()[0])
+
+    @property
     def postprocess(self) -> dict:
         """AIS parameters that travel with the model (``model.config.postprocess``)."""
         cfg = getattr(self._load()[0], "config", None)
@@ -156,6 +163,17 @@ def segment_slide(
     outdir.mkdir(parents=True, exist_ok=True)
     stem = path.name.split(".")[0] if not path.name.startswith(".") else path.name
     with open_slide(path, mpp=mpp) as slide:
+        plan = make_plan(slide, target_mpp, roi=roi, tile=tile, halo=halo, chunk=chunk, context=context,
+                         batch_size=batch_size, params=dict(params or {}))
+        key = slide_run_key(path, predict_maps, {
+            **plan.fingerprint(), "use_tissue": use_tissue, "tissue_mpp": tissue_mpp,
+            "roi": None if roi is None else repr(roi)}, model_name)
+        if not overwrite and is_finished(outdir, path):
+            from histosam.io.runkey import check_run_key
+
+            check_run_key(finished_key(outdir, path), key, what=str(outdir / f"{stem}.provenance.json"))
+            return {**json.loads((outdir / f"{stem}.provenance.json").read_text()), "skipped": True,
+                    "chunks_computed_this_run": 0, "tiles_predicted_this_run": 0}
         tissue = detect_tissue(slide, mpp=tissue_mpp) if use_tissue else None
         if tissue is not None:
             tissue.save_png(outdir / f"{stem}_tissue.png")
@@ -171,7 +189,7 @@ def segment_slide(
         warnings.warn(f"{path.name}: no tissue detected (thumbnail at {tissue_mpp} µm/px); nothing to "
                       f"segment. Use --no-tissue-mask to process the whole slide.", NoTissueWarning,
                       stacklevel=2)
-    store = ChunkStore(outdir / f"{stem}.chunks.sqlite", plan.fingerprint(), overwrite=overwrite)
+    store = ChunkStore(outdir / f"{stem}.chunks.sqlite", key, overwrite=overwrite)
     try:
         done = store.done()
         todo = [i for i in todo_all if i not in done]
@@ -208,7 +226,9 @@ def segment_slide(
                   "levels": [list(d) for d in level_dims], "mpp": mpp_used, "mpp_source": mpp_source,
                   "backend": backend},
         "model": model_name,
+        "model_weights": key["model"]["weights"],
         "plan": plan.fingerprint(),
+        "run_key": key,
         "roi": None if roi is None else list(roi.bbox),
         "tissue_area_mm2": None if tissue is None else round(tissue.area_mm2, 4),
         "chunks_total": len(plan.chunk_grid()),
@@ -269,14 +289,36 @@ def collect_slides(inputs: list[str]) -> list[tuple[Path, float | None]]:
     return list(out.items())
 
 
+def slide_run_key(path: Path, predict_maps, plan: dict, model_name: str) -> dict:
+    """Run key of one slide (:mod:`histosam.io.runkey`): the model's weights hash, the slide file's
+    name/size/mtime, the plan (mpp, region, tiling, post-processing) and the histosam version. It is the chunk
+    store's fingerprint, so chunks of another model or slide are never mixed into a resumed run."""
+    from histosam.io.runkey import input_identity, make_run_key, model_identity
+
+    return make_run_key(model=model_identity(None, predict_maps), input=input_identity(path), parameters=plan)
+
+
+def _stem(slide: str | os.PathLike) -> str:
+    return Path(slide).name.split(".")[0]
+
+
 def is_finished(outdir: str | os.PathLike, slide: str | os.PathLike) -> bool:
     """Whether ``outdir`` holds a complete run for ``slide`` (provenance with status complete)."""
-    stem = Path(slide).name.split(".")[0]
-    prov = Path(outdir) / f"{stem}.provenance.json"
+    prov = Path(outdir) / f"{_stem(slide)}.provenance.json"
     try:
         return json.loads(prov.read_text()).get("status") == "complete"
     except (OSError, ValueError):
         return False
+
+
+def finished_key(outdir: str | os.PathLike, slide: str | os.PathLike) -> dict | None:
+    """The run key stored in a finished slide's provenance (``None``: none stored)."""
+    prov = Path(outdir) / f"{_stem(slide)}.provenance.json"
+    try:
+        key = json.loads(prov.read_text()).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, dict) else None
 
 
 def segment_cohort(inputs: list[str], outdir: str | os.PathLike, predict_maps: PredictMaps, *,
@@ -288,13 +330,14 @@ def segment_cohort(inputs: list[str], outdir: str | os.PathLike, predict_maps: P
     """
     status: dict[str, str] = {}
     for path, slide_mpp in collect_slides(inputs):
-        if not overwrite and is_finished(outdir, path):
-            status[str(path)] = "skipped"
-            log(f"{path.name}: already finished, skipped")
-            continue
         try:
             prov = segment_slide(path, outdir, predict_maps, mpp=slide_mpp or mpp, overwrite=overwrite,
                                  **kwargs)
+            if prov.get("skipped"):
+                status[str(path)] = "skipped"
+                log(f"{path.name}: already finished with the same model, slide and parameters, skipped "
+                    "(--overwrite recomputes)")
+                continue
             status[str(path)] = "done"
             log(f"{path.name}: {prov['objects']} nuclei, {prov['chunks_with_tissue']} chunks, "
                 f"{prov['total_seconds']:.1f} s")

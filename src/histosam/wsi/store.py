@@ -16,10 +16,10 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from histosam.errors import HistosamError
+from histosam.io.runkey import RunMismatchError
 
 
-class StoreMismatchError(HistosamError):
+class StoreMismatchError(RunMismatchError):
     """The chunk store was written with different parameters (use --overwrite or another -o)."""
 
 
@@ -41,8 +41,15 @@ class ChunkStore:
             self._db.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (fp,))
         elif row[0] != fp:
             self._db.close()
+            from histosam.io.runkey import changed_keys
+
+            try:
+                diff = changed_keys(json.loads(row[0]), fingerprint)
+            except ValueError:
+                diff = ["(unreadable fingerprint)"]
+            shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
             raise StoreMismatchError(
-                f"{self.path} holds chunks computed with other parameters ({row[0]}); "
+                f"{self.path} holds chunks computed with another model, slide or parameters (changed: {shown}); "
                 f"rerun with --overwrite or choose another output folder"
             )
 
