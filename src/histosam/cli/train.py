@@ -7,9 +7,10 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
-from histosam.train.config import TrainConfig, config_fields, load_config
+from histosam.train.config import ConfigError, TrainConfig, config_fields, load_config
 
 
 def _flag_type(field: dataclasses.Field) -> tuple[Any, dict[str, Any]]:
@@ -53,10 +54,23 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if getattr(args, f"cfg_{f.name}", None) is not None}
 
 
+def check_data_dirs(cfg: TrainConfig, source: str) -> None:
+    """Before any model is built or folder written: ``data_dirs`` must list existing folders (an empty config
+    file is valid and gives the defaults, whose ``data_dirs`` is empty)."""
+    if not cfg.data_dirs:
+        raise ConfigError(f"{source}: config key 'data_dirs' is empty: list the folders with the training images "
+                          "(<id>.png + <id>_label.tif) in the config or pass --data-dirs DIR [DIR ...]")
+    for d in cfg.data_dirs:
+        if not Path(d).is_dir():
+            what = "is not a folder" if Path(d).exists() else "does not exist"
+            raise ConfigError(f"{source}: config key 'data_dirs': {d} {what}")
+
+
 def run(args: argparse.Namespace) -> int:
     from histosam.train.loop import build_and_train
 
     cfg = load_config(args.config, overrides_from_args(args))
+    check_data_dirs(cfg, args.config)
     summary = build_and_train(cfg, progress=not args.no_progress)
     last = summary["history"][-1] if summary["history"] else {}
     print(json.dumps({"output_dir": cfg.output_dir, "epochs_done": summary["epochs_done"],

@@ -9,6 +9,13 @@ instances of ≥ 10 px per patch).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,23 +82,22 @@ class TrainConfig:
     val_whole_images: bool = True  #: validation mSA with histosam.segment on whole images (else centre crops)
 
     def validate(self) -> TrainConfig:
-        """Check values; raises ``ConfigError``. Returns self."""
-        if self.finetune not in FINETUNE_MODES:
-            raise ConfigError(f"finetune must be one of {FINETUNE_MODES}, got {self.finetune!r}")
-        for name in ("patch_size", "batch_size", "n_objects", "n_sub_iterations", "epochs",
-                     "iterations_per_epoch"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.mask_prob <= 1.0:
-            raise ConfigError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ConfigError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.sam_loss_resolution not in ("full", "low"):
-            raise ConfigError(f"sam_loss_resolution must be 'full' or 'low', got {self.sam_loss_resolution!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        """Check (and normalise) every field by its annotated type and :data:`RANGES`; raises a one-line
+        ``ConfigError`` naming the key. Numeric strings (PyYAML reads ``1e-5`` as a string) become floats,
+        integral floats (``2.0``) ints, a single string a one-item list. Returns self."""
+        for name, hint in _type_hints().items():
+            value = _coerce(name, getattr(self, name), hint)
+            if value is not None and name in RANGES:
+                ok, must = RANGES[name]
+                if not ok(value):
+                    raise ConfigError(f"config key '{name}': must be {must}, got {_show(value)}")
+            setattr(self, name, value)
+        if not self.model and not self.checkpoint:
+            raise ConfigError("config key 'model': must name an architecture (it may be empty only with a checkpoint)")
+        if self.model:
+            known = _architectures()
+            if known is not None and self.model not in known:
+                raise ConfigError(f"config key 'model': must be one of {', '.join(known)}, got {_show(self.model)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,37 +109,242 @@ def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(TrainConfig))
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _nonempty(v: str) -> bool:
+    return bool(v.strip())
+
+
+#: value checks beyond the type, per key: (predicate on the converted value, what it must be); None (for
+#: Optional fields) is never passed to the predicate. Keys without an entry accept any value of their type.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "finetune": (lambda v: v in FINETUNE_MODES, f"one of {', '.join(FINETUNE_MODES)}"),
+    "checkpoint": (_nonempty, "a non-empty path or a model name (or null)"),
+    "data_dirs": (lambda v: all(_nonempty(x) for x in v), "a list of non-empty folder paths"),
+    "val_ids": (lambda v: all(_nonempty(x) for x in v), "a list of non-empty image ids"),
+    "val_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "patch_size": (lambda v: v >= 16 and v % 16 == 0, "a positive multiple of 16"),
+    "min_instances": (lambda v: v >= 0, ">= 0"),
+    "min_size": (lambda v: v >= 0, ">= 0"),
+    "scale_range": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high"),
+    "hed_jitter": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "brightness": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "contrast": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "n_objects": (lambda v: v >= 1, ">= 1"),
+    "n_sub_iterations": (lambda v: v >= 1, ">= 1"),
+    "mask_prob": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "box_distortion": (lambda v: v >= 0.0, ">= 0"),
+    "sam_loss_resolution": (lambda v: v in ("full", "low"), "'full' or 'low'"),
+    "sam_images": (lambda v: v >= 1, ">= 1 (or null for all)"),
+    "sam_every": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: v > 0.0, "> 0"),
+    "weight_decay": (lambda v: v >= 0.0, ">= 0"),
+    "scheduler_factor": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "scheduler_patience": (lambda v: v >= 0, ">= 0"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "iterations_per_epoch": (lambda v: v >= 1, ">= 1"),
+    "max_minutes": (lambda v: v > 0.0, "> 0 (or null for no limit)"),
+    "grad_clip": (lambda v: v > 0.0, "> 0 (or null for no clipping)"),
+    "seed": (lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
+    "device": (lambda v: bool(_DEVICE.fullmatch(v)), "auto, cpu, cuda, cuda:N or mps"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "output_dir": (_nonempty, "a non-empty folder path"),
+    "val_max_images": (lambda v: v >= 1, ">= 1 (or null for all)"),
+}
+
+_LIST_FROM_STRING = ("data_dirs", "val_ids")  #: a single string is read as a one-item list
+_IDS = ("val_ids",)  #: list items that may be numbers in YAML (``val_ids: [001, 7]``) and become strings
+
+
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _architectures() -> list[str] | None:
+    try:
+        from histosam.models.build import ARCHITECTURES
+    except ImportError:  # a stripped installation: build_model reports unknown names itself
+        return None
+    return sorted({*ARCHITECTURES, "vit_t"})
+
+
+def _show(value: Any) -> str:
+    """A short one-line rendering of a config value for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {_show(value)}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return f"the string {_show(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {_show(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _scalar(name: str, value: Any, typ: type, where: str = "") -> Any:
+    """``value`` as ``typ`` (bool, int, float or str) or a ConfigError naming the key."""
+    key = f"config key '{name}'{where}"
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: must be true or false, got {_kind(value)}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value) \
+                and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: must be an integer, got {_kind(value)}")
+    if typ is float:
+        number = value
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-5 (no dot) as a string
+            try:
+                number = float(value.strip().replace("_", ""))
+            except ValueError:
+                raise ConfigError(f"{key}: must be a number, got {_kind(value)}") from None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
+            return float(number)
+        raise ConfigError(f"{key}: must be a number, got {_kind(value)}")
+    if typ is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: must be a string, got {_kind(value)}")
+    raise TypeError(f"TrainConfig.{name}: no config check for the type {typ!r}")  # a new field type
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's annotation (``T``, ``T | None``, ``list[T]``) and convert it."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        if type(None) not in args or len(rest) != 1:
+            raise TypeError(f"TrainConfig.{name}: no config check for the type {hint!r}")
+        if value is None:
+            return None
+        return _coerce(name, value, rest[0])
+    if value is None:
+        raise ConfigError(f"config key '{name}': must not be null (give a value or leave the key out)")
+    if typing.get_origin(hint) is list:
+        (item,) = args
+        if isinstance(value, (str, os.PathLike)) and name in _LIST_FROM_STRING:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{name}': must be a list, got {_kind(value)}")
+        out = []
+        for i, v in enumerate(value):
+            if name in _IDS and isinstance(v, int) and not isinstance(v, bool):
+                v = str(v)
+            out.append(_scalar(name, v, item, f" item {i + 1}"))
+        return out
+    if isinstance(hint, type):
+        return _scalar(name, value, hint)
+    raise TypeError(f"TrainConfig.{name}: no config check for the type {hint!r}")
+
+
 def from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a validated config from a mapping; unknown keys raise ``ConfigError``."""
+    """Build a validated config from a mapping; unknown keys and bad values raise ``ConfigError``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a training config must be a mapping of keys to values, got {_kind(values)}")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted({_key_text(k) for k in values if k not in names})
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-    try:
-        cfg = TrainConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from exc
-    if isinstance(cfg.data_dirs, str):
-        cfg.data_dirs = [cfg.data_dirs]
-    if isinstance(cfg.val_ids, str):
-        cfg.val_ids = [cfg.val_ids]
-    cfg.val_ids = [str(v) for v in cfg.val_ids]
-    return cfg.validate()
+    return TrainConfig(**values).validate()
+
+
+def _key_text(key: Any) -> str:
+    """A key as one short line (YAML keys may be numbers, lists, or strings with newlines)."""
+    text = " ".join(str(key).split()) or repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses duplicate keys (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges may be overridden
+                continue
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the default constructor reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{_key_text(key)}'",
+                                                        key_node.start_mark)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return UniqueKeyLoader
+
+
+def _yaml_error(path: Path, exc: Exception) -> ConfigError:
+    """A one-line message for a YAML syntax error (PyYAML's own spans several lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return ConfigError(f"invalid YAML in {path}{where}: {' '.join(str(problem).split())}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config; ``overrides`` (e.g. from CLI flags) win over the file."""
+    """Read a YAML config; ``overrides`` (e.g. from CLI flags) win over the file. An empty file gives the
+    defaults; every failure (missing, a folder, not text, bad YAML, not a mapping, bad values) is a
+    one-line ``ConfigError``."""
     import yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8-sig")
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder, not a YAML file") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 text (YAML) file") from None
+    if "\x00" in text:
+        raise ConfigError(f"config {path} is not a text (YAML) file: it contains NUL bytes")
+    try:
+        data = yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader subclass: plain data only
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {path}: {exc}") from exc
+        raise _yaml_error(path, exc) from exc
+    except RecursionError:
+        raise ConfigError(f"invalid YAML in {path}: nested too deeply") from None
+    if data is None:  # empty file or only comments: the defaults
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys to values")
+        raise ConfigError(f"{path}: top level must be a mapping of keys to values, got {_kind(data)}")
     data.update(overrides or {})
     # relative data folders are relative to the working directory, like every CLI path
-    return from_dict(data)
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
