@@ -54,8 +54,18 @@ def test_other_integers_clipped():
 
 
 def test_float_unit_range():
-    a = np.array([[0.0, 0.5, 1.0, np.nan, -0.2]], dtype=np.float32)
-    _rgb_equal(to_rgb_uint8(a), [[0, 128, 255, 0, 0]])  # 127.5 + 0.5 -> 128
+    a = np.array([[0.0, 0.5, 1.0, -0.2]], dtype=np.float32)
+    _rgb_equal(to_rgb_uint8(a), [[0, 128, 255, 0]])  # 127.5 + 0.5 -> 128
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("stretch", [None, "channel", "global"])
+def test_float_non_finite_is_refused(bad, stretch):
+    # a band of +inf used to make the whole image black (scaled as 0-255 after nan_to_num) and give 0 nuclei
+    a = np.full((8, 8, 3), 0.5, np.float32)
+    a[2:4] = bad
+    with pytest.raises(ImageError, match=r"48 non-finite value\(s\)"):
+        to_rgb_uint8(a, stretch=stretch)
 
 
 def test_float_0_255_range():

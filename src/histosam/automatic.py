@@ -89,6 +89,23 @@ def split_params(model, params: dict[str, Any]) -> tuple[AISParams, dict[str, An
     return AISParams.from_dict({**defaults, **ais}), rest
 
 
+def check_job(shape: tuple[int, int], factor: float, mpp: float | None, model: Any, *, tile: int | None = None,
+              halo: int | None = None, chunk: int | None = None) -> None:
+    """Refuse, before any work, options and sizes that cannot end well (:mod:`histosam.limits`): a tile, halo or
+    chunk out of range, an upsampling above the limit, or an estimated memory use above what is available
+    (``shape``: the original image's ``(H, W)``; ``factor``: the resampling to the model's resolution)."""
+    from histosam.limits import check_memory, check_tiling, check_upsample
+
+    check_tiling(tile, halo, chunk)
+    check_upsample(factor, mpp, getattr(getattr(model, "config", None), "mpp", None))
+    h, w = shape
+    work_px = round(h * factor) * round(w * factor)
+    # original RGB + labels (uint32) + the resampled RGB; the engine's own buffers are bounded by the chunk
+    estimate = h * w * 7 + (work_px * 3 if factor != 1.0 else 0) + 512 * 2**20
+    check_memory(estimate, f"a {w}×{h} image ({round(w * factor)}×{round(h * factor)} px at the model's "
+                           "resolution)", "give the right --mpp, or use `histosam slide` for very large images")
+
+
 def segment(image: np.ndarray, model: Any = None, mode: str = "ais", *, tile: int | None = None,
             halo: int | None = None, chunk: int = 1024, batch_size: int = 4, device: str | None = None,
             precision: str = "auto", mpp: float | None = None, **params: Any) -> np.ndarray:
@@ -114,6 +131,7 @@ def segment(image: np.ndarray, model: Any = None, mode: str = "ais", *, tile: in
         raise HistosamError(f"mode must be 'ais' or 'amg', not {mode!r}")
     model = resolve_model(model, device, require_decoder=(mode == "ais"))
     factor = rescale_factor(mpp, model)
+    check_job(rgb.shape[:2], factor, mpp, model, tile=tile, halo=halo, chunk=chunk)
     work = resample_rgb(rgb, factor) if factor != 1.0 else rgb
     if mode == "amg":
         labels = _segment_amg(work, model, device, precision, params)

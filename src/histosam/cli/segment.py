@@ -125,6 +125,9 @@ def _check(args: argparse.Namespace) -> None:
         raise HistosamError("--halo must be >= 0")
     if args.mpp is not None and not args.mpp > 0:
         raise HistosamError("--mpp must be > 0")
+    from histosam.limits import check_tiling
+
+    check_tiling(args.tile, args.halo, args.chunk)
 
 
 def run(args: argparse.Namespace) -> int:

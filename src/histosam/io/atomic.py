@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Self
+
+from histosam.errors import HistosamError
 
 __all__ = ["atomic_write", "atomic_path", "atomic_dir", "atomic_torch_save", "AtomicStreamWriter"]
 
@@ -184,3 +187,68 @@ class AtomicStreamWriter:
             self.close()
         else:
             self.abort()
+
+
+#: the names this module gives its temporary files and folders: ``.<target>.<8 random chars>.tmp[<suffixes>]``
+#: (files, folders) and ``.<target>.<8 random chars>.old`` (the previous folder while it is being replaced)
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.(?:tmp(?:\..*)?|old)$")
+
+
+def sweep_temp_files(folder: str | os.PathLike, stem: str) -> list[Path]:
+    """Remove the temporary files and folders that an interrupted atomic write left in ``folder`` for the
+    outputs of ``stem`` (targets named ``<stem>.*`` or ``<stem>_*``). Only names this module creates are
+    touched, only directly in ``folder``. Returns what was removed."""
+    import shutil
+
+    removed: list[Path] = []
+    folder = Path(folder)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP_NAME.match(p.name)
+        if m is None:
+            continue
+        target = m.group("target")
+        if not (target.startswith(stem) and target[len(stem): len(stem) + 1] in (".", "_")):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+class OutputError(HistosamError):
+    """An output folder cannot be created or is not a folder."""
+
+
+def make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` (and missing parents); returns the folders created, deepest first. A file in the way is
+    a one-line error."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output folder {folder} exists and is not a folder (-o)")
+    created = []
+    p = folder
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from exc
+    return created
+
+
+def remove_empty_dirs(created: list[Path]) -> None:
+    """Remove the folders this run created (deepest first) while they are empty: a failed run leaves none."""
+    for p in created:
+        try:
+            p.rmdir()
+        except OSError:
+            return

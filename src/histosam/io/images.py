@@ -7,7 +7,7 @@ Conversion rules (:func:`to_rgb_uint8`):
 - ``3×H×W`` / ``4×H×W`` channels-first arrays (when the last axis is not 3/4) → transposed.
 - ``uint8`` → unchanged. ``uint16`` → divided by 257 (the full 0–65535 range maps linearly to 0–255).
   Other integer types → clipped to 0–255. ``bool`` → 0/255. Floats → ×255 when the maximum is ≤ 1, else
-  clipped to 0–255; NaN becomes 0.
+  clipped to 0–255; NaN or ±inf values are refused (ImageError).
 - ``stretch="channel"``: instead, each channel is min-max stretched to 0–255 (micro-sam ≥ 1.7's behaviour);
   ``stretch="global"``: one min-max over all channels (micro-sam ≤ 1.6 for non-uint8 input).
 - Empty images (a zero-length axis) and arrays that are not 2-D/3-D raise :class:`~histosam.errors.ImageError`.
@@ -81,15 +81,22 @@ def read_image(path: str | os.PathLike, stretch: str | None = None) -> np.ndarra
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
+    from histosam.limits import max_image_pixels
+
+    cap = max_image_pixels()
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            array = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                shape = tuple(tif.series[0].shape) if tif.series else ()
+                _check_pixels(path, shape, cap)
+                array = tif.asarray()
         else:
             from PIL import Image
 
             with Image.open(path) as im:
+                _check_pixels(path, (im.size[1], im.size[0]), cap)
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     array = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
@@ -109,6 +116,16 @@ def read_image(path: str | os.PathLike, stretch: str | None = None) -> np.ndarra
         raise ImageError(f"{path}: {exc}") from exc
 
 
+def _check_pixels(path: Path, shape: tuple[int, ...], cap: int) -> None:
+    """Refuse an image whose header declares more than ``cap`` pixels (checked before any pixel is decoded)."""
+    dims = [int(d) for d in shape if int(d) > 4]  # the two spatial axes (channel/sample axes are <= 4)
+    n = int(np.prod(dims[-2:], dtype=np.int64)) if len(dims) >= 2 else 0
+    if n > cap:
+        raise ImageError(f"{path}: declares {n / 1e6:.0f} Mpx ({' x '.join(map(str, shape))}), more than the "
+                         f"{cap / 1e6:.0f} Mpx an image read whole may have; use `histosam slide` for whole "
+                         "slides (streamed), or raise HISTOSAM_MAX_IMAGE_PIXELS")
+
+
 def _stretch(a: np.ndarray, per_channel: bool) -> np.ndarray:
     a = np.nan_to_num(a.astype(np.float32))
     axes = (0, 1) if per_channel else None
@@ -116,6 +133,15 @@ def _stretch(a: np.ndarray, per_channel: bool) -> np.ndarray:
     hi = a.max(axis=axes, keepdims=True)
     scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1e-12), 0.0)
     return np.clip((a - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_finite(a: np.ndarray) -> None:
+    """A float image with NaN or ±inf values is refused: no scaling rule can tell what they stand for (a band of
+    +inf made a whole image black before this check)."""
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise ImageError(f"the float image has {bad} non-finite value(s) (NaN or ±inf); replace them (e.g. with "
+                         "numpy.nan_to_num and a value range you choose) and save it again")
 
 
 def to_rgb_uint8(image: np.ndarray, stretch: str | None = None) -> np.ndarray:
@@ -133,6 +159,8 @@ def to_rgb_uint8(image: np.ndarray, stretch: str | None = None) -> np.ndarray:
     if a.shape[-1] == 4:
         alpha, a = a[..., 3], a[..., :3]
     if stretch in ("channel", "global"):
+        if np.issubdtype(a.dtype, np.floating):
+            _check_finite(a)
         rgb = _stretch(a, per_channel=stretch == "channel")
     elif stretch is not None:
         raise ValueError(f"stretch must be None, 'channel' or 'global', not {stretch!r}")
@@ -145,7 +173,8 @@ def to_rgb_uint8(image: np.ndarray, stretch: str | None = None) -> np.ndarray:
     elif np.issubdtype(a.dtype, np.integer):
         rgb = np.clip(a, 0, 255).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
-        f = np.nan_to_num(a.astype(np.float32))
+        _check_finite(a)
+        f = a.astype(np.float32)
         if f.max(initial=0.0) <= 1.0:
             f = f * 255.0
         rgb = np.clip(f + 0.5, 0, 255).astype(np.uint8)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from histosam.errors import HistosamError
 from histosam.inference.runtime import release_freed_memory
+from histosam.io.atomic import make_dirs, remove_empty_dirs, sweep_temp_files
 from histosam.io.geojson import GeoJSONWriter
 from histosam.io.images import image_mpp, read_image
 from histosam.io.provenance import build_provenance, now_iso, write_provenance
@@ -174,7 +175,12 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         mpp = image_mpp(path)
         mpp_source = "none" if mpp is None else "file"
     read_s = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if model is not None:  # limits (tile, upsampling, memory) before anything is written
+        from histosam.automatic import check_job, rescale_factor
+
+        check_job(rgb.shape[:2], rescale_factor(mpp, model), mpp, model, tile=tile, halo=halo, chunk=chunk)
+    created = make_dirs(out_dir)
+    sweep_temp_files(out_dir, image_stem(path))  # leftovers of an interrupted run
     names = output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz, write_parquet=write_parquet)
     names["provenance"].unlink(missing_ok=True)  # the set is incomplete until the new provenance lands
     t1 = time.perf_counter()
@@ -190,6 +196,7 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         writers.finish(with_scores=mode == "ais", write_parquet=write_parquet)
     except BaseException:
         writers.abort()
+        remove_empty_dirs(created)
         raise
     t3 = time.perf_counter()
     timings = {"read_s": read_s, "model_s": t1 - t0 - read_s, "segment_s": t2 - t1 - writers.measure_s,
@@ -258,7 +265,7 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
              batch_size, device, precision, mpp, progress, desc, params) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from histosam.automatic import default_tiling, resample_rgb, rescale_factor, split_params
+    from histosam.automatic import check_job, default_tiling, resample_rgb, rescale_factor, split_params
     from histosam.postprocess.ais import AISParams
     from histosam.tiling.engine import iter_ais_chunks
     from histosam.tiling.grid import TileGrid
@@ -270,6 +277,7 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
     else:
         ais = AISParams.from_dict({k: v for k, v in params.items() if k not in engine})
         factor = 1.0
+    check_job(rgb.shape[:2], factor, mpp, model, tile=tile, halo=halo, chunk=chunk)
     work = resample_rgb(rgb, factor) if factor != 1.0 else rgb
     shape = work.shape[:2]
     d_tile, d_halo = default_tiling(model, shape) if model is not None else (384, 64)

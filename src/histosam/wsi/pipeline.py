@@ -25,6 +25,7 @@ from pathlib import Path
 
 from histosam.errors import HistosamError
 from histosam.inference.runtime import release_freed_memory
+from histosam.io.atomic import make_dirs, remove_empty_dirs, sweep_temp_files
 from histosam.wsi.chunks import SlidePlan, make_plan, process_chunks
 from histosam.wsi.outputs import SlideOutputWriter, atomic_json
 from histosam.wsi.reader import open_slide
@@ -160,8 +161,22 @@ def segment_slide(
     t_start = time.perf_counter()
     path = Path(path)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     stem = path.name.split(".")[0] if not path.name.startswith(".") else path.name
+    created = make_dirs(outdir)
+    try:
+        return _segment_slide(path, outdir, stem, predict_maps, mpp=mpp, target_mpp=target_mpp, roi=roi,
+                              tile=tile, halo=halo, chunk=chunk, context=context, batch_size=batch_size,
+                              params=params, tissue_mpp=tissue_mpp, use_tissue=use_tissue, client=client,
+                              overwrite=overwrite, csv_table=csv_table, progress=progress, model_name=model_name,
+                              cache_mb=cache_mb, t_start=t_start)
+    except BaseException:
+        remove_empty_dirs(created)  # a failed first run leaves no empty output folder
+        raise
+
+
+def _segment_slide(path: Path, outdir: Path, stem: str, predict_maps: PredictMaps, *, mpp, target_mpp, roi, tile,
+                   halo, chunk, context, batch_size, params, tissue_mpp, use_tissue, client, overwrite, csv_table,
+                   progress, model_name, cache_mb, t_start) -> dict:
     with open_slide(path, mpp=mpp) as slide:
         plan = make_plan(slide, target_mpp, roi=roi, tile=tile, halo=halo, chunk=chunk, context=context,
                          batch_size=batch_size, params=dict(params or {}))
@@ -189,6 +204,7 @@ def segment_slide(
         warnings.warn(f"{path.name}: no tissue detected (thumbnail at {tissue_mpp} µm/px); nothing to "
                       f"segment. Use --no-tissue-mask to process the whole slide.", NoTissueWarning,
                       stacklevel=2)
+    sweep_temp_files(outdir, stem)  # leftovers of an interrupted run (its committed chunks stay in the store)
     store = ChunkStore(outdir / f"{stem}.chunks.sqlite", key, overwrite=overwrite)
     try:
         done = store.done()
