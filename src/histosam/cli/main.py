@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: sub-command name -> module under ``histosam.cli``
@@ -43,6 +44,8 @@ def build_parser(load_subcommands: bool = True) -> argparse.ArgumentParser:
         description="Segment Anything for histopathology.",
     )
     parser.add_argument("--version", action="version", version=f"histosam {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the full traceback of an unexpected error (otherwise one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         try:
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not hasattr(args, "func"):
         parser.error(f"command {args.command!r} is not available in this installation")
+    if args.debug:
+        os.environ["HISTOSAM_DEBUG"] = "1"  # read by code that reports errors and goes on (slide cohorts)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -72,9 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         from histosam.errors import HistosamError
 
         if isinstance(exc, HistosamError):
-            print(f"histosam {args.command}: error: {exc}", file=sys.stderr)
+            print(f"histosam {args.command}: error: {one_line(exc)}", file=sys.stderr)
             return 2
-        raise
+        if args.debug:
+            raise
+        print(f"histosam {args.command}: unexpected error: {type(exc).__name__}: {one_line(exc)} (please "
+              "report it; --debug before the command shows the traceback)", file=sys.stderr)
+        return 3
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (multi-line messages joined with ' | ')."""
+    text = str(exc).strip() or type(exc).__name__
+    return " | ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

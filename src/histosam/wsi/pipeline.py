@@ -362,5 +362,8 @@ def segment_cohort(inputs: list[str], outdir: str | os.PathLike, predict_maps: P
             log(f"{path.name}: error: {exc}")
         except Exception as exc:  # noqa: BLE001 - one broken slide must not stop the cohort
             status[str(path)] = f"error: {type(exc).__name__}: {exc}"
-            log(f"{path.name}: unexpected error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            msg = " | ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+            log(f"{path.name}: unexpected error: {type(exc).__name__}: {msg} (please report it"
+                + (f")\n{traceback.format_exc()}" if os.environ.get("HISTOSAM_DEBUG") else
+                   "; histosam --debug slide ... shows the traceback)"))
     return status
