@@ -53,6 +53,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--max-pixels", type=int, default=4096 * 4096,
         help="largest viewport image in pixels, width×height (default 16777216 = 4096²)",
     )
+    p.add_argument(
+        "--models-dir", action="append", metavar="DIR", default=None,
+        help="folder from which clients may register checkpoint files (QuPath's 'Register weights' with a "
+        "path); repeatable. Default: any readable .pt/.pth/.ckpt/.bin file on this machine",
+    )
+    p.add_argument(
+        "--allow-local-urls", action="store_true",
+        help="let clients register weights from URLs on loopback, private or link-local addresses "
+        "(refused by default: the server would fetch from its own network)",
+    )
+    p.add_argument("--max-download-gb", type=float, default=4.0,
+                   help="largest weights download a client may start, in GiB (default 4)")
+    p.add_argument("--max-weights", type=int, default=64,
+                   help="most entries in the weights table, registered ones included (default 64)")
+    p.add_argument("--max-points", type=int, default=512, help="most prompt points per request (default 512)")
+    p.add_argument(
+        "--max-automask-pixels", type=int, default=4096 * 2048,
+        help="largest viewport for automatic segmentation in pixels (default 8388608 = 4096×2048)",
+    )
+    p.add_argument("--max-amg-points", type=int, default=4096,
+                   help="most AMG point prompts per automask request, over all crops (default 4096 = 64²)")
+    p.add_argument("--max-amg-crops", type=int, default=21,
+                   help="most AMG crops per automask request (default 21: crop_n_layers up to 2)")
     p.add_argument("--cache-size", type=int, default=8, help="image embeddings kept (LRU, default 8)")
     p.add_argument("--max-models", type=int, default=2, help="models kept loaded (LRU, default 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -105,15 +128,36 @@ def _is_loopback(host: str) -> bool:
 def build(args: argparse.Namespace):  # -> FastAPI app
     """The app ``run`` serves, built from parsed arguments (separate for tests)."""
     from histosam.server import HistosamBackend, ServerConfig, WeightEntry, WeightsTable, create_app
+    from histosam.server.backend import WorkLimits
+    from histosam.server.weights import WeightsPolicy
 
-    table = WeightsTable()
+    for opt in ("max_download_gb", "max_weights", "max_points", "max_automask_pixels", "max_amg_points",
+                "max_amg_crops"):
+        if not getattr(args, opt) > 0:
+            raise HistosamError(f"--{opt.replace('_', '-')} must be positive, got {getattr(args, opt)}")
+    dirs = []
+    for d in args.models_dir or ():
+        path = Path(d).expanduser()
+        if not path.is_dir():
+            raise HistosamError(f"--models-dir {d!r} is not a folder")
+        dirs.append(str(path.resolve()))
+    policy = WeightsPolicy(
+        models_dirs=tuple(dirs), allow_local_urls=bool(args.allow_local_urls),
+        max_download_bytes=int(args.max_download_gb * 2**30), max_entries=int(args.max_weights),
+    )
+    limits = WorkLimits(
+        max_points=int(args.max_points), max_automask_pixels=int(args.max_automask_pixels),
+        max_amg_points=int(args.max_amg_points), max_amg_crops=int(args.max_amg_crops),
+    )
+    table = WeightsTable(policy)
     for spec in args.model or DEFAULT_MODELS:
         type_, name, source = parse_model_spec(spec)
         table.add(WeightEntry(type=type_, name=name, url=_public_url(source), source=source))
     token = args.token or os.environ.get("HISTOSAM_TOKEN") or None
-    backend = HistosamBackend(device=args.device, cache_size=args.cache_size, max_models=args.max_models)
+    backend = HistosamBackend(device=args.device, cache_size=args.cache_size, max_models=args.max_models,
+                              limits=limits)
     config = ServerConfig(
-        max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=int(args.max_pixels), token=token
+        max_body_bytes=int(args.max_body_mb * 2**20), max_pixels=int(args.max_pixels), token=token, limits=limits
     )
     if args.preload:
         backend._model(table.list()[0])  # noqa: SLF001 - deliberate warm-up
@@ -130,6 +174,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"histosam serve: warning: listening on {args.host} without a token: anyone who can reach this "
             "port can use it (set --token or HISTOSAM_TOKEN)",
+            file=sys.stderr,
+        )
+    if not _is_loopback(args.host) and not args.models_dir:
+        print(
+            "histosam serve: note: clients may register any readable checkpoint file (.pt .pth .ckpt .bin) "
+            "on this machine as weights; restrict them with --models-dir DIR",
             file=sys.stderr,
         )
     app = build(args)

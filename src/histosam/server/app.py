@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from histosam.errors import CheckpointError, HistosamError, ImageError, ModelNotAvailableError
-from histosam.server.backend import ModelBackend
+from histosam.server.backend import ModelBackend, WorkLimits, automask_area_message
 from histosam.server.geometry import feature, labels_to_geometries, mask_to_geometry
 from histosam.server.imaging import DecodedImage, ImageTooLargeError, decode_image
 from histosam.server.middleware import GuardMiddleware
@@ -38,11 +39,13 @@ log = logging.getLogger("histosam.server")
 
 @dataclass
 class ServerConfig:
-    """Limits and access control. ``token``: when set, every request must carry it."""
+    """Limits and access control. ``token``: when set, every request must carry it. ``limits``: work per
+    request (prompt points, automask area; the backend applies its AMG limits)."""
 
     max_body_bytes: int = 64 * 2**20
     max_pixels: int = 4096 * 4096
     token: str | None = None
+    limits: WorkLimits = field(default_factory=WorkLimits)
 
 
 def _status_for(exc: HistosamError) -> int:
@@ -75,8 +78,22 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(content=json.dumps(obj), media_type="application/json", status_code=status)
 
 
-def _prompt_arrays(body: SAMBody) -> tuple[Any, Any, Any]:
-    """``(points (N,2) float32 | None, labels (N,) int32 | None, box (4,) float32 | None)``."""
+def _check_prompt_size(body: SAMBody, limits: WorkLimits) -> None:
+    """Refuse too many points before the image is decoded (the cheap check first)."""
+    n = len(body.point_coords or ())
+    if n > limits.max_points:
+        raise RequestError(
+            f"{n} prompt points; this server allows at most {limits.max_points} per request "
+            "(histosam serve --max-points)"
+        )
+
+
+def _prompt_arrays(body: SAMBody, shape: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """``(points (N,2) float32 | None, labels (N,) int32 | None, box (4,) float32 | None)``, checked against
+    the image ``shape`` ``(H, W)``: coordinates must be finite; points must lie in the image
+    (``0 <= x <= W``, ``0 <= y <= H``); a box must overlap the image and is clipped to it (the client sends
+    a rectangle drawn across the slide's edge as it is)."""
+    h, w = shape
     points = labels = box = None
     if body.point_coords:
         if body.point_labels is None or len(body.point_labels) != len(body.point_coords):
@@ -85,13 +102,26 @@ def _prompt_arrays(body: SAMBody) -> tuple[Any, Any, Any]:
                 f"point_labels must give one label per point: {len(body.point_coords)} point_coords, "
                 f"{n_lab} point_labels"
             )
+        for i, (x, y) in enumerate(body.point_coords):
+            if not (math.isfinite(x) and math.isfinite(y)):
+                raise RequestError(f"point_coords[{i}] = [{x}, {y}] is not a pair of finite numbers")
+            if not (0 <= x <= w and 0 <= y <= h):
+                raise RequestError(
+                    f"point_coords[{i}] = [{x:g}, {y:g}] lies outside the {w}×{h} image "
+                    f"(0 <= x <= {w}, 0 <= y <= {h})"
+                )
         points = np.asarray(body.point_coords, dtype=np.float32).reshape(-1, 2)
         labels = np.asarray(body.point_labels, dtype=np.int32)
     if body.bbox is not None:
         x1, y1, x2, y2 = body.bbox
+        if not all(math.isfinite(v) for v in body.bbox):
+            raise RequestError(f"bbox = {list(body.bbox)} is not four finite numbers")
         if x2 < x1 or y2 < y1:
             raise RequestError(f"bbox must be [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2, got {body.bbox}")
-        box = np.asarray(body.bbox, dtype=np.float32)
+        if x2 < 0 or y2 < 0 or x1 > w or y1 > h:
+            raise RequestError(f"bbox = [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the {w}×{h} image")
+        box = np.asarray([min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)],
+                         dtype=np.float32)
     if points is None and box is None:
         raise RequestError("the request has no prompt: give bbox and/or point_coords with point_labels")
     if labels is not None and box is None and not (labels == 1).any():
@@ -158,9 +188,10 @@ def create_app(backend: ModelBackend, weights: WeightsTable, config: ServerConfi
 
     @app.post("/sam/")
     def predict(body: SAMBody) -> Response:
+        _check_prompt_size(body, config.limits)
         entry = weights.resolve(body.type, body.checkpoint_url)
         image: DecodedImage = decode_image(body.b64img, config.max_pixels)
-        points, labels, box = _prompt_arrays(body)
+        points, labels, box = _prompt_arrays(body, image.shape)
         result = backend.predict(entry, image, points, labels, box, body.multimask_output)
         features = []
         for i, (mask, score) in enumerate(zip(result.masks, result.scores)):
@@ -175,6 +206,9 @@ def create_app(backend: ModelBackend, weights: WeightsTable, config: ServerConfi
     def automask(body: SAMAutoMaskBody) -> Response:
         entry = weights.resolve(body.type, body.checkpoint_url)
         image = decode_image(body.b64img, config.max_pixels)
+        h, w = image.shape
+        if h * w > config.limits.max_automask_pixels:
+            raise RequestError(automask_area_message(h, w, config.limits.max_automask_pixels))
         result = backend.automask(entry, image, body.amg_params())
         features = []
         for idx, geom in labels_to_geometries(result.labels).items():

@@ -8,7 +8,10 @@ implements it with :func:`histosam.load_model`, :class:`histosam.Predictor` and
 - one :class:`histosam.Predictor` per model, whose LRU of ``cache_size`` image embeddings is keyed
   by a hash of the decoded pixels and shared by all requests and clients, so a second prompt on
   the same viewport (any PNG encoding of it) skips the encoder;
-- all model work runs under one lock; decoding, hashing and polygon tracing run outside it.
+- all model work runs under one lock, granted in arrival order (:class:`FairLock`); decoding, hashing,
+  polygon tracing and the first-use download of registry weights run outside it;
+- the work one request may do under the lock is bounded (:class:`WorkLimits`: prompt points, automask
+  area, AMG point prompts and crops), so no request holds the lock for long.
 """
 
 from __future__ import annotations
@@ -22,7 +25,121 @@ from typing import Any, Protocol
 import numpy as np
 
 from histosam.server.imaging import DecodedImage
-from histosam.server.weights import WeightEntry
+from histosam.server.weights import RequestError, WeightEntry
+
+
+@dataclass(frozen=True)
+class WorkLimits:
+    """Bounds on the model work of one request (each answered 422 with the limit when exceeded).
+
+    ``max_points``: points of one prompt request. ``max_automask_pixels``: image area of an automask
+    request (AIS and AMG time grow with it). ``max_amg_points``: AMG point prompts over all crops
+    (``points_per_side²`` per crop of layer 0, ``(points_per_side / downscale**i)²`` per crop of layer i).
+    ``max_amg_crops``: AMG crops (1 + 4 + 16 + … for ``crop_n_layers`` 0, 1, 2…; each crop is encoded).
+    ``max_points_per_batch``: AMG's ``points_per_batch`` is lowered to this (same masks, bounded memory).
+    """
+
+    max_points: int = 512
+    max_automask_pixels: int = 4096 * 2048
+    max_amg_points: int = 4096
+    max_amg_crops: int = 21
+    max_points_per_batch: int = 256
+
+
+def amg_work(params: dict[str, Any]) -> tuple[int, int]:
+    """``(point prompts, crops)`` AMG runs for ``params`` (SAM's crop layers and point grids)."""
+    from histosam.postprocess.amg import AMGParams
+
+    p = AMGParams.from_dict(params)
+    points = crops = 0
+    for layer in range(p.crop_n_layers + 1):
+        n_crops = 4**layer
+        side = int(p.points_per_side / (p.crop_n_points_downscale_factor**layer))
+        if side < 1:
+            raise RequestError(
+                f"AMG parameters give crop layer {layer} no points: points_per_side ({p.points_per_side}) / "
+                f"crop_n_points_downscale_factor ({p.crop_n_points_downscale_factor})^{layer} < 1"
+            )
+        crops += n_crops
+        points += n_crops * side * side
+    return points, crops
+
+
+def check_amg_work(params: dict[str, Any], limits: WorkLimits) -> dict[str, Any]:
+    """``params`` with ``points_per_batch`` capped; :class:`RequestError` (422) when the run is too large."""
+    points, crops = amg_work(params)
+    if crops > limits.max_amg_crops:
+        raise RequestError(
+            f"automatic mask generation with crop_n_layers={params.get('crop_n_layers')} encodes {crops} crops; "
+            f"this server allows at most {limits.max_amg_crops} per request (histosam serve --max-amg-crops)"
+        )
+    if points > limits.max_amg_points:
+        raise RequestError(
+            f"automatic mask generation with these parameters runs {points} point prompts "
+            f"(points_per_side={params.get('points_per_side', 32)}, crop_n_layers={params.get('crop_n_layers', 0)}, "
+            f"crop_n_points_downscale_factor={params.get('crop_n_points_downscale_factor', 1)}); this server "
+            f"allows at most {limits.max_amg_points} per request (histosam serve --max-amg-points)"
+        )
+    out = dict(params)
+    if "points_per_batch" in out:
+        out["points_per_batch"] = max(1, min(int(out["points_per_batch"]), limits.max_points_per_batch))
+    return out
+
+
+class FairLock:
+    """A lock granted in arrival order (first come, first served).
+
+    ``threading.Lock`` wakes an arbitrary waiter, so a client sending requests back to back can keep
+    others waiting; here each acquirer takes a ticket and waits for its turn. ``waiting`` counts the
+    threads queued behind the holder.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next = 0  # next ticket to hand out
+        self._serving = 0  # ticket whose turn it is
+        self._abandoned: set[int] = set()
+
+    def acquire(self) -> bool:
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            try:
+                while ticket != self._serving:
+                    self._cond.wait()
+            except BaseException:  # interrupted while queued: give the turn up
+                if ticket == self._serving:
+                    self._advance()
+                else:
+                    self._abandoned.add(ticket)
+                raise
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._advance()
+
+    def _advance(self) -> None:
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return max(0, self._next - self._serving - 1 - len(self._abandoned))
+
+    def locked(self) -> bool:
+        with self._cond:
+            return self._next > self._serving
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 @dataclass
@@ -81,16 +198,42 @@ def _call_with_supported(fn: Any, *args: Any, **kwargs: Any) -> Any:
 class HistosamBackend:
     """Real backend over histosam models; see the module docstring for caching and locking."""
 
-    def __init__(self, device: str | None = None, cache_size: int = 8, max_models: int = 2) -> None:
+    def __init__(self, device: str | None = None, cache_size: int = 8, max_models: int = 2,
+                 limits: WorkLimits | None = None) -> None:
         self.device = device
         self.cache_size = max(1, int(cache_size))
         self.max_models = max(1, int(max_models))
-        self.lock = threading.Lock()
+        self.limits = limits or WorkLimits()
+        self.lock = FairLock()
+        self._fetch_guard = threading.Lock()
+        self._fetch_locks: dict[str, threading.Lock] = {}  # weights url -> one first-use download at a time
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._predictors: dict[str, Any] = {}  # weights url -> Predictor (its own LRU of embeddings)
         self._seen: dict[str, OrderedDict[str, None]] = {}  # mirrors each Predictor's LRU, for the counters
         self._auto: OrderedDict[tuple, AutoResult] = OrderedDict()
         self._counts = {"embedding_hits": 0, "embedding_misses": 0, "automask_hits": 0, "automask_runs": 0}
+
+    def _prefetch(self, entry: WeightEntry) -> None:
+        """Download the files of a registry model *before* taking the inference lock (a first-use download
+        takes minutes; other requests keep being served meanwhile). Cached files return at once."""
+        if entry.factory is not None or entry.url in self._models:
+            return
+        from histosam.errors import CheckpointError, HistosamError
+
+        source = entry.source or entry.url
+        with self._fetch_guard:
+            lock = self._fetch_locks.setdefault(entry.url, threading.Lock())
+        with lock:
+            try:
+                from histosam.registry.loader import resolve_files
+
+                resolve_files(source)
+            except HistosamError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - user-supplied weights: any failure is their file's
+                raise CheckpointError(
+                    f"cannot load weights {entry.name!r} from {source}: {type(exc).__name__}: {exc}"
+                ) from exc
 
     # -- caches (call with self.lock held) -------------------------------------------------------
     def _model(self, entry: WeightEntry) -> Any:
@@ -155,6 +298,10 @@ class HistosamBackend:
         box: np.ndarray | None,
         multimask: bool,
     ) -> PromptResult:
+        n = 0 if points is None else len(points)
+        if n > self.limits.max_points:
+            raise RequestError(f"{n} prompt points; this server allows at most {self.limits.max_points} per request")
+        self._prefetch(entry)
         with self.lock:
             pred = self._predictor(entry, image)
             out = pred.predict(points=points, labels=labels, box=box, multimask=multimask)
@@ -166,10 +313,14 @@ class HistosamBackend:
         import histosam
         from histosam.inference.runtime import release_freed_memory
 
+        h, w = image.shape
+        if h * w > self.limits.max_automask_pixels:
+            raise RequestError(automask_area_message(h, w, self.limits.max_automask_pixels))
+        self._prefetch(entry)
         with self.lock:
             model = self._model(entry)
             mode = "ais" if getattr(model, "instance_decoder", None) is not None else "amg"
-            params = amg_params if mode == "amg" else {}
+            params = check_amg_work(amg_params, self.limits) if mode == "amg" else {}
             key = (entry.url, image.key, mode, tuple(sorted(params.items())))
             hit = self._auto.get(key)
             if hit is not None:
@@ -201,13 +352,29 @@ class HistosamBackend:
         return AutoResult(labels=labels, mode="amg", scores=_label_scores(labels, records))
 
     def stats(self) -> dict[str, Any]:
-        with self.lock:
-            return {
-                **self._counts,
-                "models_loaded": list(self._models),
-                "embeddings_cached": sum(len(v) for v in self._seen.values()),
-                "cache_size": self.cache_size,
-            }
+        # read without the inference lock, so /sam/health/ answers while requests are queued
+        for _ in range(100):
+            try:
+                return {
+                    **dict(self._counts),
+                    "models_loaded": list(self._models),
+                    "embeddings_cached": sum(len(v) for v in list(self._seen.values())),
+                    "cache_size": self.cache_size,
+                    "busy": self.lock.locked(),
+                    "queued": self.lock.waiting,
+                }
+            except RuntimeError:  # a cache changed size while being read: read again
+                continue
+        with self.lock:  # pragma: no cover - only under extreme churn
+            return {**self._counts, "models_loaded": list(self._models), "cache_size": self.cache_size}
+
+
+def automask_area_message(h: int, w: int, limit: int) -> str:
+    return (
+        f"automatic segmentation of a {w}×{h} = {w * h} pixel image; this server allows at most {limit} pixels "
+        "per automask request (zoom in or shrink the viewer, or start the server with a larger "
+        "--max-automask-pixels)"
+    )
 
 
 def _numpy(x: Any) -> np.ndarray:

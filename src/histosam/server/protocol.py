@@ -43,7 +43,8 @@ class SAMBody(_Body):
 
     ``bbox`` is ``[x1, y1, x2, y2]``; ``point_coords`` is ``[[x, y], ...]`` with ``point_labels``
     (1 foreground, 0 background; the client puts background points first). At least one of
-    ``bbox`` and ``point_coords`` must be present.
+    ``bbox`` and ``point_coords`` must be present. Coordinates are checked against the decoded image
+    (finite, inside it) and the number of points against the server's limit, in ``app``.
     """
 
     type: SAMType = DEFAULT_TYPE
@@ -67,22 +68,23 @@ class SAMAutoMaskBody(_Body):
     """``POST /sam/automask/``: automatic segmentation of the whole viewport image.
 
     The automatic-mask-generation (AMG) parameters carry SAM's names and samapi's defaults; they are
-    used when the model has no instance decoder. Decoder-based AIS ignores them.
+    used when the model has no instance decoder. Decoder-based AIS ignores them. Floats must be finite;
+    the server bounds the work they ask for (:class:`histosam.server.backend.WorkLimits`).
     """
 
     type: SAMType = DEFAULT_TYPE
     b64img: str
     points_per_side: int | None = Field(default=32, ge=1, le=256)
     points_per_batch: int = Field(default=64, ge=1, le=4096)
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    box_nms_thresh: float = 0.7
+    pred_iou_thresh: float = Field(default=0.88, allow_inf_nan=False)
+    stability_score_thresh: float = Field(default=0.95, allow_inf_nan=False)
+    stability_score_offset: float = Field(default=1.0, allow_inf_nan=False)
+    box_nms_thresh: float = Field(default=0.7, allow_inf_nan=False)
     crop_n_layers: int = Field(default=0, ge=0, le=4)
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = Field(default=1, ge=1)
-    min_mask_region_area: int = Field(default=0, ge=0)
+    crop_nms_thresh: float = Field(default=0.7, allow_inf_nan=False)
+    crop_overlap_ratio: float = Field(default=512 / 1500, ge=0.0, lt=1.0, allow_inf_nan=False)
+    crop_n_points_downscale_factor: int = Field(default=1, ge=1, le=64)
+    min_mask_region_area: int = Field(default=0, ge=0, le=2**31)
     output_type: str = "Single Mask"
     include_image_edge: bool = False
     checkpoint_url: str | None = None
