@@ -4,6 +4,7 @@ Examples::
 
     histosam models
     histosam models --json
+    histosam models --verify
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "model cache (and where), and the download URL. Offline, place the files at the printed paths.",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--verify", action="store_true",
+                   help="check every packaged or cached model file against its published hash (exit 1 on a mismatch)")
     p.set_defaults(func=run)
     return p
 
@@ -81,6 +84,24 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.verify:
+        return verify_all()
     rows = model_rows()
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
+
+
+def verify_all() -> int:
+    """Print one line per packaged/cached model file with its hash check; 1 when any file mismatches."""
+    from histosam.registry.entries import REGISTRY
+    from histosam.registry.loader import verify_entry
+
+    bad = 0
+    for name in REGISTRY:
+        for path, status in verify_entry(name):
+            if status == "missing":
+                continue
+            bad += status == "MISMATCH"
+            print(f"{name:<24} {status:<9} {path}")
+    print(f"{bad} damaged file(s)" if bad else "all present model files match their published hashes")
+    return 1 if bad else 0

@@ -22,7 +22,7 @@ class ModelEntry:
         name: registry name (``vit_b_histopathology``).
         architecture: builder name (``vit_b``, ``nano``, ...).
         url: download URL of the main checkpoint (``None`` for models shipped inside the package).
-        hash: ``"algo:hexdigest"`` of that file.
+        hash: ``"algo:hexdigest"`` of that file (for a packaged model: of the packaged file, checked on every load).
         filename: file name in the cache.
         decoder_url / decoder_hash / decoder_filename: the separate instance-decoder file, if any.
         description, licence: for ``histosam models``.
@@ -56,8 +56,11 @@ def _pathosam(size: str, model_id: str, model_hash: str, dec_id: str, dec_hash: 
     )
 
 
+#: sha256 of the shipped ``weights/histosam-nano.pt``, checked every time it is loaded (update it with the file)
+PACKAGED_NANO_SHA256 = "sha256:76e7b9061fa394206b2a90ae3905e4555a87395dad458a83f88eb4584131bcd9"
+
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
-    ModelEntry("histosam-nano", "nano", None, None, "histosam-nano.pt",
+    ModelEntry("histosam-nano", "nano", None, PACKAGED_NANO_SHA256, "histosam-nano.pt",
                "histosam's embedded default: compact CNN encoder + SAM decoder + AIS decoder, trained on MoNuSeg",
                "CC BY-NC-SA 4.0 (trained on MoNuSeg)", packaged="weights/histosam-nano.pt"),
     ModelEntry("vit_b", "vit_b", _META.format("sam_vit_b_01ec64.pth"),

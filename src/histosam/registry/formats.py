@@ -9,7 +9,8 @@ Supported inputs (detected from content, not from the file name):
    state, which is ignored).
 3. Separate decoder files (micro-sam ``*_decoder``): a flat dict of UNETR keys (``base.*``, ``decoder.*``,
    ``deconv*``, ``out_conv.*``).
-4. histosam's own format: ``{"format": "histosam", "version": 1, "config": ModelConfig, "state_dict": ...}``.
+4. histosam's own format: ``{"format": "histosam", "version": 1, "config": ModelConfig, "state_dict": ...,
+   "weights_sha256": ...}`` (the checksum of :func:`state_sha256`, checked on load when present).
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def split_checkpoint(obj: Any, source: str = "checkpoint") -> CheckpointContents
         if obj.get("version", 0) > HISTOSAM_FORMAT_VERSION:
             raise CheckpointError(f"{source} was written by a newer histosam (format version {obj['version']})")
         state = _tensors_only(obj.get("state_dict"), f"{source}['state_dict']")
+        stored = obj.get("weights_sha256")
+        if stored is not None and stored != state_sha256(state):
+            raise CheckpointError(f"{source}: the weights do not match the checksum stored in the file (the file is "
+                                  "damaged: copy or download it again)")
         sam = {k: v for k, v in state.items() if not k.startswith("instance_decoder.")}
         dec = {k[len("instance_decoder."):]: v for k, v in state.items() if k.startswith("instance_decoder.")}
         extra = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
@@ -194,10 +199,26 @@ def decoder_kind(decoder_state: dict[str, torch.Tensor]) -> str:
     return "unetr" if transposed else "unetr_interp"
 
 
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, shapes, dtypes and bytes, in key order: the checksum histosam stores in
+    its own files (``weights_sha256``) and checks on load (torch's zip reader checks no CRC, so flipped bytes in
+    a file would otherwise load silently)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_histosam(model: torch.nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` in histosam's format atomically (config + weights + optional metadata)."""
+    """Write ``model`` in histosam's format atomically (config + weights + their checksum + optional metadata)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": "histosam", "version": HISTOSAM_FORMAT_VERSION, "config": model.config.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "state_dict": state, "weights_sha256": state_sha256(state)}
     payload.update(extra or {})
     return atomic_torch_save(payload, path)
 

@@ -27,6 +27,8 @@ def resolve_files(name_or_path: str | os.PathLike) -> tuple[str, Path, Path | No
             path = PACKAGE_ROOT / entry.packaged
             if not path.exists():
                 raise CheckpointError(f"the packaged model {entry.name} is missing from this installation ({path})")
+            verify_file(path, entry.hash, f"the packaged model {entry.name}",
+                        "reinstall histosam (pip install --force-reinstall) or restore the file from the repository")
             return entry.name, path, None
         if entry.url is None:
             raise CheckpointError(f"the registry entry {entry.name} has neither a download URL nor a packaged file")
@@ -45,6 +47,39 @@ def resolve_files(name_or_path: str | os.PathLike) -> tuple[str, Path, Path | No
                                      f"model; registered: {', '.join(sorted(REGISTRY))})")
     get_entry(text)  # raises the "unknown model" error listing the registry
     raise AssertionError("unreachable")
+
+
+def verify_file(path: Path, expected: str | None, what: str, remedy: str) -> None:
+    """Raise :class:`CheckpointError` when ``path``'s hash differs from ``expected`` (``"algo:hex"``)."""
+    if not expected:
+        return
+    from histosam.registry.download import file_hash
+
+    algo, _, digest = expected.partition(":")
+    if file_hash(path, algo) != digest:
+        raise CheckpointError(f"{what} ({path}) does not match its published {algo} hash: the file is damaged or "
+                              f"was replaced; {remedy}")
+
+
+def verify_entry(name: str) -> list[tuple[Path, str]]:
+    """Check every file of registry entry ``name`` that is present (packaged or cached) against its hash.
+    Returns ``[(path, "ok" | "missing" | "no hash" | "MISMATCH")]``."""
+    from histosam.registry.download import cache_dir, file_hash
+
+    entry = get_entry(name)
+    files = [(PACKAGE_ROOT / entry.packaged, entry.hash)] if entry.packaged else [
+        (cache_dir() / entry.filename, entry.hash)] + (
+        [(cache_dir() / entry.decoder_filename, entry.decoder_hash)] if entry.decoder_filename else [])
+    out = []
+    for path, expected in files:
+        if not path.is_file():
+            out.append((path, "missing"))
+        elif not expected:
+            out.append((path, "no hash"))
+        else:
+            algo, _, digest = expected.partition(":")
+            out.append((path, "ok" if file_hash(path, algo) == digest else "MISMATCH"))
+    return out
 
 
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
