@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,14 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     check_prompts(args.point, args.box, image.shape[:2])
     mpp = args.mpp if args.mpp is not None else image_mpp(args.image)
+    mpp_source = "given" if args.mpp is not None else ("file" if mpp is not None else "none")
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
+    working_mpp = getattr(model.config, "mpp", None)
+    if mpp_source == "none" and working_mpp is not None:
+        print(f"{args.image}: note: no pixel size given (--mpp) or stated in the file: taken to be the model's "
+              f"{working_mpp} µm/px", file=sys.stderr)
+    elif mpp_source == "file":
+        print(f"{args.image}: pixel size {mpp:g} µm/px from the file", file=sys.stderr)
     predictor = Predictor(model, device=args.device, precision=args.precision)
     predictor.set_image(image, mpp=mpp)
     points = np.array([p[:2] for p in args.point], dtype=np.float32) if args.point else None
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         "device": str(predictor.device),
         "precision": predictor.precision,
         "mpp": mpp,
+        "mpp_source": mpp_source,
         "resample_factor": predictor.scale,
         "prompts": {"points": [[x, y] for x, y, _ in args.point], "labels": [lab for *_, lab in args.point],
                     "box": list(args.box) if args.box is not None else None},
