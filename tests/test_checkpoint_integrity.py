@@ -33,7 +33,8 @@ def test_packaged_model_hash_matches_the_registry():
     algo, _, digest = entry.hash.partition(":")
     assert file_hash(PACKAGE_ROOT / entry.packaged, algo) == digest
     obj = read_checkpoint(PACKAGE_ROOT / entry.packaged)
-    assert obj["weights_sha256"] == state_sha256(obj["state_dict"])
+    assert obj["version"] == 2 and set(obj["roles"]) == {"encoder", "masks", "instances"}
+    assert obj["weights_sha256"] == {r: state_sha256(st) for r, st in obj["roles"].items()}
 
 
 def test_flipped_bytes_in_histosam_file_are_caught(tmp_path):

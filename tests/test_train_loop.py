@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("histosam.models.build")
 
 from histosam.models.build import build_model  # noqa: E402
+from histosam.models.heads import AIS_CHANNELS, HeadContract  # noqa: E402
 from histosam.train.checkpoint import load_train_state  # noqa: E402
 from histosam.train.config import TrainConfig  # noqa: E402
 from histosam.train.data import PatchDataset  # noqa: E402
@@ -33,6 +34,8 @@ def synthetic(n=3, size=64, seed=0):
 
 class SmallHead(torch.nn.Module):
     """Cheap stand-in for the UNETR (same contract: embedding -> B×3×S×S sigmoid maps)."""
+
+    contract = HeadContract("instances", ("embedding",), AIS_CHANNELS)
 
     def __init__(self, stride=16):
         super().__init__()
@@ -96,8 +99,9 @@ def test_fit_reproducible_resume_and_files(tmp_path):
         assert (tmp_path / "a" / name).exists()
     lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1]
-    final = torch.load(tmp_path / "a" / "final.pt", weights_only=False)
-    assert final["format"] == "histosam" and final["version"] == 1 and "state_dict" in final
+    final = torch.load(tmp_path / "a" / "final.pt", weights_only=True)
+    assert final["format"] == "histosam" and final["version"] == 2
+    assert set(final["roles"]) == {"encoder", "masks", "instances"}
     # resume: run 1 epoch, then continue to 2 -> same as uninterrupted
     c1 = make(tmp_path / "c", epochs=1).fit(progress=False)
     assert c1["epochs_done"] == 1 and load_train_state(tmp_path / "c" / "latest.pt")["epoch"] == 1

@@ -13,6 +13,7 @@ import torch
 
 from histosam.inference import preprocess as pre
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
+from histosam.models.heads import contract_of
 from histosam.models.sam import SegmentAnything
 
 #: input pixels per encoder forward pass (4 frames of 1024², or 1 frame of nano's default 1472² tile)
@@ -54,8 +55,9 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
         # receptive field) and tiled maps equal untiled maps once the halo covers the receptive field
         input_size = (h, w)
         frame = (-(-h // 16) * 16, -(-w // 16) * 16)
-    per_tile_decoder = model.config.instance_decoder in ("unetr", "unetr_interp")
-    out = np.empty((b, 3, h, w), dtype=np.float32)
+    contract = contract_of(model.instance_decoder)
+    per_tile_decoder = contract.batch_dependent  # batch statistics: one tile at a time (micro-sam's results)
+    out = np.empty((b, contract.channels, h, w), dtype=np.float32)
     step = max(1, min(encoder_batch, MAX_BATCH_PIXELS // (frame[0] * frame[1])))
     for start in range(0, b, step):
         chunk = tiles[start: start + step]

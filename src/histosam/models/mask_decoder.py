@@ -7,11 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.common import MLP, LayerNorm2d
+from histosam.models.heads import MASKS_CONTRACT
 from histosam.models.transformer import TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
     """Predicts ``num_multimask_outputs + 1`` masks per prompt; parameter names as in Meta's checkpoints."""
+
+    contract = MASKS_CONTRACT
 
     def __init__(self, transformer_dim: int = 256, transformer: nn.Module | None = None,
                  num_multimask_outputs: int = 3, iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:

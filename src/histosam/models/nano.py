@@ -8,12 +8,16 @@ returns ``B×3×S×S`` sigmoid maps (foreground, centre distance, boundary dista
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.common import LayerNorm2d
 from histosam.models.fused_conv import FoldedConv
+from histosam.models.heads import AIS_CHANNELS, HeadContract, instance_head, sam_prompt_heads
+from histosam.models.registry import register
 
 
 class ConvNormAct(nn.Sequential):
@@ -91,6 +95,9 @@ class NanoEncoder(nn.Module):
 class NanoInstanceDecoder(nn.Module):
     """Embedding + skips → ``B×3×S×S`` sigmoid maps (fg, centre distance, boundary distance)."""
 
+    contract = HeadContract("instances", ("embedding", "skips", "frame"), AIS_CHANNELS, needs_padded_frame=True,
+                            batch_dependent=False)
+
     def __init__(self, embed_dim: int = 256, widths: tuple[int, int] = (24, 48),
                  hidden: tuple[int, int, int] = (64, 40, 24), out_channels: int = 3) -> None:
         super().__init__()
@@ -120,3 +127,19 @@ class NanoInstanceDecoder(nn.Module):
         x = self.fuse1(torch.cat([x, image.to(x.dtype)], dim=1))
         x = x + self.refine1(x)
         return torch.sigmoid(self.out_conv(x))
+
+
+@register("nano", instance_head="nano")
+def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, **overrides: Any):
+    """histosam-nano: convolutional encoder (stride 8) + SAM prompt encoder/mask decoder + nano instance decoder
+    (``instance_decoder``: ``"nano"`` or ``None``)."""
+    from histosam.models.sam import ModelConfig, SegmentAnything
+
+    if instance_decoder not in (None, "nano"):
+        raise ValueError(f"instance decoder {instance_decoder!r} does not fit the nano encoder (use 'nano')")
+    encoder = NanoEncoder(**overrides)
+    prompt, decoder = sam_prompt_heads(image_size, image_size // 8)
+    inst = instance_head(instance_decoder, skip_widths=encoder.widths[:2])
+    config = ModelConfig(architecture="nano", name="nano", image_size=image_size, resize_longest_side=False,
+                         instance_decoder=instance_decoder, mpp=0.25, overrides=dict(overrides))
+    return SegmentAnything(encoder, prompt, decoder, inst, config)

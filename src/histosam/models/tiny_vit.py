@@ -35,6 +35,8 @@ from torch import nn
 from histosam.models.common import LayerNorm2d
 from histosam.models.fused_conv import FoldedConv
 from histosam.models.fused_linear import linear
+from histosam.models.heads import instance_head, sam_prompt_heads
+from histosam.models.registry import register
 
 #: TinyViT-5M as built by MobileSAM's ``build_sam_vit_t``
 VIT_T_CONFIG: dict[str, Any] = dict(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
@@ -289,18 +291,20 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+@register("vit_t")
 def build_vit_t(instance_decoder: str | None = None, **overrides: Any):
     """MobileSAM (TinyViT-5M encoder + SAM prompt encoder / mask decoder), randomly initialised.
 
     ``overrides`` go to :class:`TinyViTEncoder` (e.g. ``img_size=256`` for a small test model);
     ``instance_decoder`` is ``None``, ``"unetr"`` or ``"unetr_interp"``.
     """
-    from histosam.models.build import _instance_decoder, _sam_heads
     from histosam.models.sam import ModelConfig, SegmentAnything
 
+    if instance_decoder not in (None, "unetr", "unetr_interp"):
+        raise ValueError(f"instance decoder {instance_decoder!r} does not fit vit_t (use 'unetr' or 'unetr_interp')")
     encoder = TinyViTEncoder(**overrides)
     size = encoder.img_size
-    prompt, decoder = _sam_heads(size, size // 16)
+    prompt, decoder = sam_prompt_heads(size, size // 16)
     config = ModelConfig(architecture="vit_t", name="vit_t", image_size=size, resize_longest_side=True,
                          instance_decoder=instance_decoder, overrides=dict(overrides))
-    return SegmentAnything(encoder, prompt, decoder, _instance_decoder(instance_decoder), config)
+    return SegmentAnything(encoder, prompt, decoder, instance_head(instance_decoder), config)

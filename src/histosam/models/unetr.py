@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from histosam.models.folded_upsampling import FoldedUpConv
+from histosam.models.heads import AIS_CHANNELS, HeadContract
 
 
 class InstanceNorm(nn.InstanceNorm2d):
@@ -173,6 +174,16 @@ class UNETRDecoder(nn.Module):
         self.decoder_head = ConvBlock2d(2 * features[-1], features[-1])
         self.out_conv = nn.Conv2d(features[-1], out_channels, 1)
         self.final_activation = final_activation
+
+    @property
+    def contract(self) -> HeadContract:
+        """Role ``instances``; batch-dependent while its BatchNorm uses batch statistics (micro-sam's default), so
+        tiles then run one at a time."""
+        bn_modes = {m.bn_mode for m in self.modules() if isinstance(m, BatchNormMode)}
+        channels = AIS_CHANNELS if self.out_conv.out_channels == 3 else tuple(
+            f"channel_{i}" for i in range(self.out_conv.out_channels))
+        return HeadContract("instances", ("embedding",), channels, needs_padded_frame=True,
+                            batch_dependent=bool(bn_modes & {"batch_stats", "train"}))
 
     def set_bn_mode(self, mode: str) -> None:
         """``"batch_stats"`` (micro-sam parity, default), ``"eval"`` (running statistics) or ``"train"``."""

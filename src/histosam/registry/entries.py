@@ -15,6 +15,17 @@ _META = "https://dl.fbaipublicfiles.com/segment_anything/{}"
 
 
 @dataclass(frozen=True)
+class FileSpec:
+    """One file of a registry entry: download URL (``None`` when packaged), ``"algo:hex"`` hash, cache file name,
+    and the path inside the package for packaged files."""
+
+    url: str | None
+    hash: str | None
+    filename: str
+    packaged: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One registered model.
 
@@ -40,6 +51,21 @@ class ModelEntry:
     decoder_hash: str | None = None
     decoder_filename: str | None = None
     packaged: str | None = None
+    #: further files by head role, loaded on top of the model: ``((role, url, hash, filename), ...)``
+    extra_files: tuple[tuple[str, str, str | None, str], ...] = ()
+
+    @property
+    def files(self) -> dict[str, FileSpec]:
+        """Every file of the entry by role: ``"model"`` (the main file: encoder, SAM heads and whatever other roles
+        it holds), ``"instances"`` (a separate AIS decoder file) and the :attr:`extra_files` roles."""
+        out: dict[str, FileSpec] = {}
+        if self.url is not None or self.packaged is not None:
+            out["model"] = FileSpec(self.url, self.hash, self.filename, self.packaged)
+        if self.decoder_url is not None and self.decoder_filename is not None:
+            out["instances"] = FileSpec(self.decoder_url, self.decoder_hash, self.decoder_filename)
+        for role, url, digest, filename in self.extra_files:
+            out[role] = FileSpec(url, digest, filename)
+        return out
 
     @property
     def has_decoder(self) -> bool:
@@ -57,7 +83,7 @@ def _pathosam(size: str, model_id: str, model_hash: str, dec_id: str, dec_hash: 
 
 
 #: sha256 of the shipped ``weights/histosam-nano.pt``, checked every time it is loaded (update it with the file)
-PACKAGED_NANO_SHA256 = "sha256:76e7b9061fa394206b2a90ae3905e4555a87395dad458a83f88eb4584131bcd9"
+PACKAGED_NANO_SHA256 = "sha256:d0c44232da693232c705e820aef10a97bd19987b73de3a6ee8b0dd4f2ebaf689"
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry("histosam-nano", "nano", None, PACKAGED_NANO_SHA256, "histosam-nano.pt",

@@ -9,8 +9,13 @@ Supported inputs (detected from content, not from the file name):
    state, which is ignored).
 3. Separate decoder files (micro-sam ``*_decoder``): a flat dict of UNETR keys (``base.*``, ``decoder.*``,
    ``deconv*``, ``out_conv.*``).
-4. histosam's own format: ``{"format": "histosam", "version": 1, "config": ModelConfig, "state_dict": ...,
-   "weights_sha256": ...}`` (the checksum of :func:`state_sha256`, checked on load when present).
+4. histosam's own format, by role (version 2): ``{"format": "histosam", "version": 2, "config": ModelConfig dict,
+   "roles": {role: state dict}, "weights_sha256": {role: checksum}}``. Roles: ``encoder`` (``image_encoder``
+   keys without the prefix), ``masks`` (``prompt_encoder.*`` and ``mask_decoder.*``), ``instances`` (the AIS head's
+   keys without prefix) and, as heads are added, their own roles (:data:`histosam.models.heads.ROLES`). A file
+   may hold any subset of roles: a class head shipped alone loads on top of a model from another file.
+   Version 1 (``"state_dict"``: the whole model's state dict, one ``weights_sha256``) still loads.
+   Each checksum is :func:`state_sha256` of that role's state, checked on load.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ import torch
 from histosam.errors import CheckpointError
 from histosam.io.atomic import atomic_torch_save
 
-HISTOSAM_FORMAT_VERSION = 1
+HISTOSAM_FORMAT_VERSION = 2
+#: model state-dict prefixes of each role (``masks`` keeps its prefixes inside the role's state)
+ROLE_PREFIXES: dict[str, tuple[str, ...]] = {"encoder": ("image_encoder.",), "masks": ("prompt_encoder.",
+                                             "mask_decoder."), "instances": ("instance_decoder.",)}
 _DECODER_PREFIXES = ("base.", "decoder.", "deconv1.", "deconv2.", "deconv3.", "deconv4.", "deconv_out.",
                      "decoder_head.", "out_conv.")
 
@@ -51,6 +59,25 @@ class CheckpointContents:
     decoder_state: dict[str, torch.Tensor] | None = None
     config: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: heads beyond SAM's and the AIS head, by role (histosam files of version >= 2)
+    other_roles: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def roles(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The weights by role (``encoder``, ``masks``, ``instances``, ...), each without the model prefix
+        (``masks`` keeps ``prompt_encoder.`` / ``mask_decoder.``)."""
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        if self.sam_state:
+            enc = {k[len("image_encoder."):]: v for k, v in self.sam_state.items() if k.startswith("image_encoder.")}
+            masks = {k: v for k, v in self.sam_state.items() if k.startswith(ROLE_PREFIXES["masks"])}
+            if enc:
+                out["encoder"] = enc
+            if masks:
+                out["masks"] = masks
+        if self.decoder_state:
+            out["instances"] = dict(self.decoder_state)
+        out.update(self.other_roles)
+        return out
 
 
 _MAGIC_NAMES = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
@@ -132,13 +159,14 @@ def split_checkpoint(obj: Any, source: str = "checkpoint") -> CheckpointContents
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a model state dict")
     if obj.get("format") == "histosam":
-        if obj.get("version", 0) > HISTOSAM_FORMAT_VERSION:
-            raise CheckpointError(f"{source} was written by a newer histosam (format version {obj['version']})")
+        version = obj.get("version", 0)
+        if not isinstance(version, int) or version > HISTOSAM_FORMAT_VERSION:
+            raise CheckpointError(f"{source} was written by a newer histosam (format version {version}); update "
+                                  "histosam to load it")
+        if version >= 2:
+            return _split_roles(obj, source)
         state = _tensors_only(obj.get("state_dict"), f"{source}['state_dict']")
-        stored = obj.get("weights_sha256")
-        if stored is not None and stored != state_sha256(state):
-            raise CheckpointError(f"{source}: the weights do not match the checksum stored in the file (the file is "
-                                  "damaged: copy or download it again)")
+        _check_sum(obj.get("weights_sha256"), state, source)
         sam = {k: v for k, v in state.items() if not k.startswith("instance_decoder.")}
         dec = {k[len("instance_decoder."):]: v for k, v in state.items() if k.startswith("instance_decoder.")}
         extra = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
@@ -158,6 +186,36 @@ def split_checkpoint(obj: Any, source: str = "checkpoint") -> CheckpointContents
         return CheckpointContents("decoder", None, {k: v for k, v in state.items() if not k.startswith("encoder.")})
     sample = ", ".join(list(state)[:5])
     raise CheckpointError(f"{source} is not a SAM, micro-sam, PathoSAM or histosam checkpoint (keys: {sample}, ...)")
+
+
+def _check_sum(stored: Any, state: dict[str, torch.Tensor], where: str) -> None:
+    if stored is not None and stored != state_sha256(state):
+        raise CheckpointError(f"{where}: the weights do not match the checksum stored in the file (the file is "
+                              "damaged: copy or download it again)")
+
+
+def _split_roles(obj: dict[str, Any], source: str) -> CheckpointContents:
+    """A version-2 histosam file: ``roles`` -> the parts of :class:`CheckpointContents`."""
+    from histosam.models.heads import ROLES
+
+    roles = obj.get("roles")
+    if not isinstance(roles, dict) or not roles:
+        raise CheckpointError(f"{source} is a histosam file without weights ('roles' is missing or empty)")
+    sums = obj.get("weights_sha256") or {}
+    if not isinstance(sums, dict):
+        raise CheckpointError(f"{source}: 'weights_sha256' must map each role to its checksum")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for role, state in roles.items():
+        if role != "encoder" and role not in ROLES:
+            raise CheckpointError(f"{source} holds weights for the head role {role!r}, which this histosam does not "
+                                  "know (written by a newer histosam?)")
+        states[role] = _tensors_only(state, f"{source}['roles'][{role!r}]")
+        _check_sum(sums.get(role), states[role], f"{source} ({role})")
+    sam = {f"image_encoder.{k}": v for k, v in states.pop("encoder", {}).items()}
+    sam.update(states.pop("masks", {}))
+    dec = states.pop("instances", None)
+    extra = {k: v for k, v in obj.items() if k not in ("roles", "config")}
+    return CheckpointContents("histosam", sam or None, dec, dict(obj.get("config") or {}), extra, states)
 
 
 def vit_config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -180,7 +238,7 @@ def vit_config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def identify_architecture(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     """``(architecture, overrides)`` for a SAM state dict: an official size when it matches, else overrides."""
-    from histosam.models.build import VIT_CONFIGS
+    from histosam.models.vit import VIT_CONFIGS
 
     if any(k.startswith("image_encoder.layers.") for k in state):
         return "vit_t", {}
@@ -214,11 +272,34 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_histosam(model: torch.nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` in histosam's format atomically (config + weights + their checksum + optional metadata)."""
+def model_roles(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """A model's weights split by role (see the module docstring), on the CPU."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for role, prefixes in ROLE_PREFIXES.items():
+        keep_prefix = role == "masks"
+        part = {(k if keep_prefix else k[len(p):]): v for k, v in state.items() for p in prefixes if k.startswith(p)}
+        if part:
+            out[role] = part
+    claimed = {k for k in state if k.startswith(sum(ROLE_PREFIXES.values(), ()))}
+    if len(claimed) != len(state):
+        other = sorted(set(state) - claimed)[:3]
+        raise CheckpointError(f"weights outside the known roles cannot be saved yet (e.g. {other})")
+    return out
+
+
+def save_histosam(model: torch.nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+                  roles: tuple[str, ...] | None = None) -> Path:
+    """Write ``model`` in histosam's format atomically: config, weights by role with a checksum per role, optional
+    metadata. ``roles`` limits the file to some roles (e.g. ``("instances",)`` for a head shipped alone)."""
+    parts = model_roles(model)
+    if roles is not None:
+        unknown = sorted(set(roles) - set(parts))
+        if unknown:
+            raise CheckpointError(f"the model has no weights for role(s) {unknown}; it has {sorted(parts)}")
+        parts = {r: parts[r] for r in roles}
     payload = {"format": "histosam", "version": HISTOSAM_FORMAT_VERSION, "config": model.config.to_dict(),
-               "state_dict": state, "weights_sha256": state_sha256(state)}
+               "roles": parts, "weights_sha256": {r: state_sha256(st) for r, st in parts.items()}}
     payload.update(extra or {})
     return atomic_torch_save(payload, path)
 

@@ -82,6 +82,31 @@ def verify_entry(name: str) -> list[tuple[Path, str]]:
     return out
 
 
+def extra_role_files(name_or_path: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``[(role, path)]`` of a registry entry's extra head files (downloaded and verified when needed)."""
+    text = str(name_or_path)
+    if text not in REGISTRY and text not in URL_ALIASES:
+        return []
+    entry = get_entry(text)
+    return [(role, fetch(url, filename, digest)) for role, url, digest, filename in entry.extra_files]
+
+
+def apply_role(model: SegmentAnything, role: str, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load one role's weights (keys as in :attr:`formats.CheckpointContents.roles`) into ``model`` strictly."""
+    if role == "encoder":
+        _load_strict(model.image_encoder, state, f"{source} (encoder)")
+    elif role == "masks":
+        _load_strict(model.prompt_encoder, _strip(state, "prompt_encoder."), f"{source} (prompt encoder)")
+        _load_strict(model.mask_decoder, _strip(state, "mask_decoder."), f"{source} (mask decoder)")
+    elif role == "instances":
+        if model.instance_decoder is None:
+            raise CheckpointError(f"{source} holds an instance decoder, but model {model.config.name!r} has no slot "
+                                  "for one (its configuration names no instance decoder)")
+        _load_strict(model.instance_decoder, state, f"{source} (instance decoder)")
+    else:
+        raise CheckpointError(f"{source}: this histosam cannot attach a {role!r} head yet")
+
+
 def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in state]
@@ -106,8 +131,14 @@ def model_from_contents(contents: formats.CheckpointContents, name: str = "",
     if contents.kind == "histosam":
         config = ModelConfig.from_dict(contents.config or {})
         model = build_from_config(config)
+        roles = contents.roles
+        if "encoder" not in roles or "masks" not in roles:
+            raise CheckpointError(f"{name!r} holds only the {sorted(roles)} weights of a model; register it as an "
+                                  "extra file of a registry entry, or load the full model first")
         _load_strict(model, {**(contents.sam_state or {}), **{f"instance_decoder.{k}": v for k, v in
                                                        (contents.decoder_state or {}).items()}}, f"model {name!r}")
+        for role, state in contents.other_roles.items():
+            apply_role(model, role, state, name)
     else:
         if contents.sam_state is None:
             raise CheckpointError(f"{name!r} holds only an instance decoder; load it together with its encoder "
@@ -164,6 +195,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
             raise CheckpointError(f"{decoder_path} holds no instance decoder")
         contents.decoder_state = dec.decoder_state
     model = model_from_contents(contents, name, architecture)
+    for role, role_path in extra_role_files(name_or_path or DEFAULT_MODEL):
+        part = formats.split_checkpoint(formats.read_checkpoint(role_path, allow_pickle), str(role_path))
+        if role not in part.roles:
+            raise CheckpointError(f"{role_path} was registered as the {role!r} weights of {name!r} but holds "
+                                  f"{sorted(part.roles) or 'no weights'}")
+        apply_role(model, role, part.roles[role], str(role_path))
     if require_decoder and model.instance_decoder is None:
         raise CheckpointError(f"model {name!r} has no instance decoder (AIS needs one): use a PathoSAM/micro-sam "
                               "checkpoint with 'decoder_state', pass decoder=PATH, or use AMG")

@@ -166,10 +166,10 @@ def _type_hints() -> dict[str, Any]:
 
 def _architectures() -> list[str] | None:
     try:
-        from histosam.models.build import ARCHITECTURES
+        from histosam.models.registry import list_architectures
     except ImportError:  # a stripped installation: build_model reports unknown names itself
         return None
-    return sorted({*ARCHITECTURES, "vit_t"})
+    return list_architectures()
 
 
 def _show(value: Any) -> str:

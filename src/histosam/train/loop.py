@@ -439,6 +439,7 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     SAM ``.pth``, micro-sam/PathoSAM ``model_state`` + ``decoder_state``, histosam). With
     ``with_instance_decoder`` and a checkpoint without one, a new (randomly initialised) decoder is attached."""
     from histosam.models.build import build_model
+    from histosam.models.registry import default_instance_head
     from histosam.registry.loader import load_model
 
     model = load_model(cfg.checkpoint, device="cpu")
@@ -448,7 +449,7 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
 
         raise CheckpointError(f"checkpoint {cfg.checkpoint} is a {arch} model, but the config says model: {cfg.model}")
     if cfg.with_instance_decoder and model.instance_decoder is None:
-        kind = "nano" if arch == "nano" else "unetr"
+        kind = default_instance_head(arch)
         fresh = build_model(arch, instance_decoder=kind, **dict(model.config.overrides))
         model.instance_decoder = fresh.instance_decoder
         model.config.instance_decoder = kind
@@ -459,17 +460,15 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
 def build_and_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Build the model and data of ``cfg`` and train (the ``histosam train`` entry point)."""
     from histosam.models.build import build_model
+    from histosam.models.registry import default_instance_head
     from histosam.train.data import PatchDataset, list_samples, read_sample, split_samples
 
     torch.manual_seed(cfg.seed)
     if cfg.checkpoint:
         model = initial_model(cfg)
     else:
-        if cfg.model == "nano":
-            kwargs: dict[str, Any] = {} if cfg.with_instance_decoder else {"instance_decoder": None}
-        else:
-            kwargs = {"instance_decoder": "unetr"} if cfg.with_instance_decoder else {}
-        model = build_model(cfg.model, **kwargs)
+        head = default_instance_head(cfg.model) if cfg.with_instance_decoder else None
+        model = build_model(cfg.model, instance_decoder=head)
     train_s, val_s = split_samples(list_samples(cfg.data_dirs), cfg.val_ids, cfg.val_fraction, cfg.seed)
     data_kw = dict(min_instances=cfg.min_instances, min_size=cfg.min_size, augment=cfg.augment,
                    scale_range=cfg.scale_range, hed=cfg.hed_jitter, brightness=cfg.brightness,
