@@ -28,8 +28,9 @@ def reference_watershed(maps, cd_t=0.5, bd_t=0.5, fg_t=0.5, fg_sigma=1.0, d_sigm
     from skimage.measure import label
     from skimage.segmentation import relabel_sequential, watershed
 
-    fg = gaussian_filter(maps[0], fg_sigma)
-    cd, bd = gaussian_filter(maps[1], d_sigma), gaussian_filter(maps[2], d_sigma)
+    fg = gaussian_filter(maps[0], fg_sigma, truncate=3.0, mode="mirror")  # micro-sam's (vigra/bioimage-cpp) kernel
+    cd = gaussian_filter(maps[1], d_sigma, truncate=3.0, mode="mirror")
+    bd = gaussian_filter(maps[2], d_sigma, truncate=3.0, mode="mirror")
     fg_mask = fg > fg_t
     markers = label((cd < cd_t) & (bd < bd_t) & fg_mask)
     seg = watershed(bd, markers, mask=fg_mask)

@@ -22,9 +22,9 @@ def _discs(shape=(64, 80)):
 
 def _reference(maps, p=AISParams()):
     """Literal transcription of micro-sam's steps with skimage (float64 smoothing)."""
-    fg = ndi.gaussian_filter(maps[0].astype(np.float64), p.foreground_smoothing)
-    cd = ndi.gaussian_filter(maps[1].astype(np.float64), p.distance_smoothing)
-    bd = ndi.gaussian_filter(maps[2].astype(np.float64), p.distance_smoothing)
+    fg = ndi.gaussian_filter(maps[0].astype(np.float64), p.foreground_smoothing, truncate=3.0, mode="mirror")
+    cd = ndi.gaussian_filter(maps[1].astype(np.float64), p.distance_smoothing, truncate=3.0, mode="mirror")
+    bd = ndi.gaussian_filter(maps[2].astype(np.float64), p.distance_smoothing, truncate=3.0, mode="mirror")
     mask = fg > p.foreground_threshold
     markers = label((cd < p.center_distance_threshold) & (bd < p.boundary_distance_threshold) & mask)
     return watershed(bd, markers, mask=mask)
@@ -83,5 +83,5 @@ def test_params_roundtrip_and_validation():
         AISParams(min_size=2.5)
     with pytest.raises(HistosamError):
         watershed_from_maps(np.zeros((2, 5, 5), np.float32))
-    assert gaussian_radius(1.6) == 6 and gaussian_radius(1.0) == 4 and gaussian_radius(0) == 0
-    assert AISParams().smoothing_radius == 6
+    assert gaussian_radius(1.6) == 5 and gaussian_radius(1.0) == 3 and gaussian_radius(0) == 0  # 3 sigma
+    assert AISParams().smoothing_radius == 5
