@@ -50,3 +50,36 @@ def test_predict_says_which_pixel_size_it_assumed(tmp_path, capsys):
     assert main(["predict", str(EXAMPLE), "--point", "100,100", "-o", str(out), "--mpp", "0.5"]) == 0
     assert "taken to be" not in capsys.readouterr().err
     assert json.loads(out.with_suffix(".json").read_text())["mpp_source"] == "given"
+
+
+def test_user_triggerable_errors_are_histosam_errors():
+    """Options a user passes through the API end in a HistosamError (one CLI line), not a bare ValueError."""
+    import numpy as np
+
+    from histosam.inference.runtime import resolve_precision
+    from histosam.io.images import to_rgb_uint8
+    from histosam.models.build import build_model
+
+    for call in (lambda: resolve_precision("fp8", None), lambda: build_model("vit_x"),
+                 lambda: build_model("nano", instance_decoder="unetr"),
+                 lambda: to_rgb_uint8(np.zeros((2, 2, 3), np.uint8), stretch="log"),
+                 lambda: build_model("tiny", instance_decoder="unetr").instance_decoder.set_bn_mode("x")):
+        with pytest.raises(HistosamError):
+            call()
+
+
+def test_every_exception_class_lives_in_errors():
+    """One module holds every exception and warning class (the others import them from there)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "src" / "histosam"
+    strays = []
+    for path in root.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception", "Warning"))
+                    for b in node.bases):
+                strays.append(f"{path.relative_to(root)}:{node.name}")
+    assert strays == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from histosam.errors import HistosamError
+from histosam.errors import HistosamError, LimitError
 
 __all__ = ["LimitError", "MIN_TILE", "MIN_CHUNK", "MAX_UPSAMPLE", "MAX_IMAGE_PIXELS", "check_tiling",
            "check_upsample", "max_image_pixels", "available_memory", "check_memory"]
@@ -25,10 +25,6 @@ MIN_CHUNK = 64
 MAX_UPSAMPLE = 8.0
 #: pixels of an image read whole (Pillow's decompression-bomb error threshold, 2 × 89,478,485)
 MAX_IMAGE_PIXELS = 178_956_970
-
-
-class LimitError(HistosamError):
-    """A job would exceed a limit (tile size, upsampling, memory, pixel count)."""
 
 
 def check_tiling(tile: int | None, halo: int | None, chunk: int | None) -> None:

@@ -9,3 +9,16 @@
 
 Command line: ``histosam evaluate`` (:mod:`histosam.cli.evaluate`).
 """
+
+from histosam.evaluation.metrics import (
+    aggregated_jaccard_index,
+    iou,
+    matching,
+    mean_segmentation_accuracy,
+    multiclass_pq,
+    panoptic_quality,
+    segmentation_accuracy,
+)
+
+__all__ = ["aggregated_jaccard_index", "iou", "matching", "mean_segmentation_accuracy", "multiclass_pq",
+           "panoptic_quality", "segmentation_accuracy"]

@@ -23,11 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histosam.errors import HistosamError
-
-
-class DatasetError(HistosamError):
-    """An annotated dataset folder or file is missing, malformed or inconsistent."""
+from histosam.errors import DatasetError
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from histosam.errors import HistosamError
+from histosam.errors import MetricInputError
 
 #: the 10 IoU thresholds of mSA: 0.50, 0.55, ..., 0.95
 MSA_THRESHOLDS: np.ndarray = np.arange(0.5, 1.0, 0.05)
-
-
-class MetricInputError(HistosamError):
-    """Label images given to a metric are not integer arrays of the same shape."""
 
 
 def _check_labels(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy import ndimage as ndi
 
+from histosam.errors import ParameterError
 from histosam.evaluation.metrics import MSA_THRESHOLDS, segmentation_accuracy_scores
 
 
@@ -166,7 +167,7 @@ def iterative_prompting(
     computed against ``gt`` (connected-component relabelled first only if ``relabel``).
     """
     if start not in ("point", "box"):
-        raise ValueError(f"start must be 'point' or 'box', got {start!r}")
+        raise ParameterError(f"start must be 'point' or 'box', got {start!r}")
     gt = np.asarray(gt)
     shape = gt.shape[:2]
     rng = np.random.default_rng(seed)
@@ -241,7 +242,7 @@ def next_click(
             key = int(areas[k - 1])
             err = comps == k
         elif region != "deepest":
-            raise ValueError(f"region must be 'largest' or 'deepest', got {region!r}")
+            raise ParameterError(f"region must be 'largest' or 'deepest', got {region!r}")
         dist = ndi.distance_transform_edt(np.pad(err, 1))[1:-1, 1:-1]
         r, c = np.unravel_index(int(dist.argmax()), dist.shape)
         if region == "deepest":

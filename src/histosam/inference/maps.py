@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from histosam.errors import ParameterError
 from histosam.inference import preprocess as pre
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
 from histosam.models.heads import contract_of
@@ -44,7 +45,7 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
     prec = resolve_precision(precision, dev)
     tiles = np.asarray(tiles)
     if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
-        raise ValueError(f"tiles must be B×h×w×3 uint8, got {tiles.shape} {tiles.dtype}")
+        raise ParameterError(f"tiles must be B×h×w×3 uint8, got {tiles.shape} {tiles.dtype}")
     b, h, w, _ = tiles.shape
     if model.config.resize_longest_side:
         input_size = pre.target_size(h, w, model.image_size)

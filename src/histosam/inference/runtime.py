@@ -12,6 +12,8 @@ from typing import TypeVar
 
 import torch
 
+from histosam.errors import ParameterError
+
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -46,7 +48,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"`` → ``"bf16"`` on CUDA and on CPUs with native bf16, else ``"fp32"``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        raise ParameterError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Self
 
-from histosam.errors import HistosamError
+from histosam.errors import OutputError
 
 __all__ = ["atomic_write", "atomic_path", "atomic_dir", "atomic_torch_save", "AtomicStreamWriter"]
 
@@ -222,10 +222,6 @@ def sweep_temp_files(folder: str | os.PathLike, stem: str) -> list[Path]:
         except OSError:
             pass
     return removed
-
-
-class OutputError(HistosamError):
-    """An output folder cannot be created or is not a folder."""
 
 
 def make_dirs(folder: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histosam.errors import ImageError
+from histosam.errors import ImageError, ParameterError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
 
@@ -163,7 +163,7 @@ def to_rgb_uint8(image: np.ndarray, stretch: str | None = None) -> np.ndarray:
             _check_finite(a)
         rgb = _stretch(a, per_channel=stretch == "channel")
     elif stretch is not None:
-        raise ValueError(f"stretch must be None, 'channel' or 'global', not {stretch!r}")
+        raise ParameterError(f"stretch must be None, 'channel' or 'global', not {stretch!r}")
     elif a.dtype == np.uint8:
         rgb = a
     elif a.dtype == np.uint16:

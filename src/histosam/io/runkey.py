@@ -21,14 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from histosam.errors import HistosamError
+from histosam.errors import RunMismatchError
 
 __all__ = ["RunMismatchError", "model_identity", "input_identity", "make_run_key", "changed_keys",
            "check_run_key"]
-
-
-class RunMismatchError(HistosamError):
-    """Outputs (or stored chunks) exist that were made by another model, other parameters or another input."""
 
 
 def model_identity(model: Any = None, predict_maps: Any = None) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from histosam.errors import ParameterError
+
 __all__ = ["HeadContract", "ROLES", "INPUTS", "MASKS_CONTRACT", "sam_prompt_heads", "instance_head", "contract_of"]
 
 #: head roles a model may carry (the encoder is not a head)
@@ -104,6 +106,6 @@ def instance_head(kind: str | None, *, skip_widths: tuple[int, int] | None = Non
         from histosam.models.nano import NanoInstanceDecoder
 
         if skip_widths is None:
-            raise ValueError("the nano instance head needs the encoder's skip widths")
+            raise ParameterError("the nano instance head needs the encoder's skip widths")
         return NanoInstanceDecoder(256, widths=skip_widths)
-    raise ValueError(f"unknown instance head {kind!r} (use 'unetr', 'unetr_interp' or 'nano')")
+    raise ParameterError(f"unknown instance head {kind!r} (use 'unetr', 'unetr_interp' or 'nano')")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.errors import ParameterError
 from histosam.models.common import LayerNorm2d
 from histosam.models.fused_conv import FoldedConv
 from histosam.models.heads import AIS_CHANNELS, HeadContract, instance_head, sam_prompt_heads
@@ -136,7 +137,7 @@ def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, **o
     from histosam.models.sam import ModelConfig, SegmentAnything
 
     if instance_decoder not in (None, "nano"):
-        raise ValueError(f"instance decoder {instance_decoder!r} does not fit the nano encoder (use 'nano')")
+        raise ParameterError(f"instance decoder {instance_decoder!r} does not fit the nano encoder (use 'nano')")
     encoder = NanoEncoder(**overrides)
     prompt, decoder = sam_prompt_heads(image_size, image_size // 8)
     inst = instance_head(instance_decoder, skip_widths=encoder.widths[:2])

@@ -11,6 +11,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from histosam.errors import ParameterError
+
 __all__ = ["ARCHITECTURES", "register", "get_builder", "list_architectures", "default_instance_head", "PROVIDERS"]
 
 Builder = Callable[..., Any]
@@ -61,5 +63,5 @@ def get_builder(name: str) -> Builder:
     if name not in ARCHITECTURES:
         _import_providers()
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
+        raise ParameterError(f"unknown architecture {name!r}; known: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[name]

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.errors import ParameterError
 from histosam.models.common import LayerNorm2d
 from histosam.models.fused_conv import FoldedConv
 from histosam.models.fused_linear import linear
@@ -241,7 +242,7 @@ class TinyViTEncoder(nn.Module):
                  out_chans: int = 256) -> None:
         super().__init__()
         if img_size % 64:
-            raise ValueError(f"img_size must be a multiple of 64, got {img_size}")
+            raise ParameterError(f"img_size must be a multiple of 64, got {img_size}")
         if len(embed_dims) != 4:
             raise ValueError("TinyViT has four stages")
         self.img_size = img_size
@@ -301,7 +302,8 @@ def build_vit_t(instance_decoder: str | None = None, **overrides: Any):
     from histosam.models.sam import ModelConfig, SegmentAnything
 
     if instance_decoder not in (None, "unetr", "unetr_interp"):
-        raise ValueError(f"instance decoder {instance_decoder!r} does not fit vit_t (use 'unetr' or 'unetr_interp')")
+        raise ParameterError(f"instance decoder {instance_decoder!r} does not fit vit_t (use 'unetr' or "
+                             "'unetr_interp')")
     encoder = TinyViTEncoder(**overrides)
     size = encoder.img_size
     prompt, decoder = sam_prompt_heads(size, size // 16)

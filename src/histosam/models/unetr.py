@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histosam.errors import ParameterError
 from histosam.models.folded_upsampling import FoldedUpConv
 from histosam.models.heads import AIS_CHANNELS, HeadContract
 
@@ -188,7 +189,7 @@ class UNETRDecoder(nn.Module):
     def set_bn_mode(self, mode: str) -> None:
         """``"batch_stats"`` (micro-sam parity, default), ``"eval"`` (running statistics) or ``"train"``."""
         if mode not in ("batch_stats", "eval", "train"):
-            raise ValueError(f"unknown BatchNorm mode {mode!r}")
+            raise ParameterError(f"unknown BatchNorm mode {mode!r}")
         for m in self.modules():
             if isinstance(m, BatchNormMode):
                 m.bn_mode = mode

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from histosam.errors import ParameterError
 from histosam.models.heads import instance_head, sam_prompt_heads
 from histosam.models.image_encoder import ImageEncoderViT
 from histosam.models.registry import register
@@ -24,7 +25,7 @@ VIT_CONFIGS: dict[str, dict[str, Any]] = {
 def build_vit(arch: str, instance_decoder: str | None = None, **overrides: Any) -> SegmentAnything:
     """SAM with the ViT of ``arch`` (a key of :data:`VIT_CONFIGS`), 1024-px frame (stride 16), optional UNETR."""
     if instance_decoder not in (None, "unetr", "unetr_interp"):
-        raise ValueError(f"instance decoder {instance_decoder!r} does not fit a ViT model (use 'unetr' or "
+        raise ParameterError(f"instance decoder {instance_decoder!r} does not fit a ViT model (use 'unetr' or "
                          "'unetr_interp')")
     params: dict[str, Any] = dict(img_size=1024, window_size=14)
     params.update(VIT_CONFIGS[arch])

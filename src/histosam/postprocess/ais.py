@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from histosam.errors import HistosamError
+from histosam.errors import ParameterError
 
 #: kernel half-width in σ and border mode of the map smoothing (micro-sam / bioimage-cpp / vigra: 3σ, mirror)
 GAUSSIAN_TRUNCATE = 3.0
@@ -56,10 +56,6 @@ __all__ = [
     "watershed_from_maps",
     "size_filter",
 ]
-
-
-class ParameterError(HistosamError, ValueError):
-    """A post-processing or tiling parameter is invalid (wrong name, type or range)."""
 
 
 @dataclasses.dataclass(frozen=True)

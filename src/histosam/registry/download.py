@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from histosam.errors import CheckpointError, ModelNotAvailableError
+from histosam.errors import CheckpointError, DownloadCancelled, ModelNotAvailableError
 
 
 def cache_dir() -> Path:
@@ -47,10 +47,6 @@ def verify(path: Path, expected: str | None) -> None:
     if actual != digest:
         raise CheckpointError(f"{path} has {algo} {actual}, expected {digest}: the file is corrupt, truncated or a "
                               "different release; delete it and download again")
-
-
-class DownloadCancelled(ModelNotAvailableError):
-    """A download was stopped through its ``cancel`` event; nothing was written to the cache."""
 
 
 ProgressCallback = Callable[[int, "int | None"], None]

@@ -130,3 +130,8 @@ def get_entry(name: str) -> ModelEntry:
         return REGISTRY[URL_ALIASES[name]]
     raise ModelNotAvailableError(f"unknown model {name!r}; registered models: {', '.join(sorted(REGISTRY))} "
                                  "(or pass a path to a checkpoint file)")
+
+
+def list_models() -> list[str]:
+    """Names of the registered models (``histosam.load_model(name)`` loads each), the default first."""
+    return [DEFAULT_MODEL] + sorted(n for n in REGISTRY if n != DEFAULT_MODEL)

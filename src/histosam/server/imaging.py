@@ -16,11 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from histosam.errors import ImageError
-
-
-class ImageTooLargeError(ImageError):
-    """The decoded image has more pixels than the server accepts."""
+from histosam.errors import ImageError, ImageTooLargeError
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,9 @@ import hmac
 import json
 from typing import Any
 
+from histosam.errors import BodyTooLargeError
+
 Scope = dict[str, Any]
-
-
-class BodyTooLargeError(Exception):
-    pass
 
 
 async def _send_json(send: Any, status: int, detail: str) -> None:

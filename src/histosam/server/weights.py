@@ -41,34 +41,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histosam.errors import HistosamError, ModelNotAvailableError
-
-
-class RequestError(HistosamError):
-    """A request the server cannot serve; ``status_code`` is the HTTP status to answer with."""
-
-    status_code = 422
-
-
-class WeightsNotFoundError(RequestError):
-    status_code = 404
-
-
-class NotAllowedError(RequestError):
-    status_code = 403
-
-
-class ConflictError(RequestError):
-    status_code = 409
-
-
-class CancelledError(ConflictError):
-    pass
-
-
-class DownloadTooLargeError(RequestError):
-    status_code = 413
-
+from histosam.errors import (
+    CancelledError,
+    ConflictError,
+    DownloadTooLargeError,
+    HistosamError,
+    ModelNotAvailableError,
+    NotAllowedError,
+    RequestError,
+    WeightsNotFoundError,
+)
 
 #: checkpoint suffixes a registered path may have: those :func:`histosam.load_model` treats as checkpoint
 #: files (``.safetensors`` is recognised there but cannot be loaded, so it is not accepted here).

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import ndimage as ndi
 
+from histosam.errors import IncompleteObjectError, IncompleteObjectWarning
 from histosam.postprocess.ais import (
     AISParams,
     ParameterError,
@@ -58,14 +59,6 @@ __all__ = [
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
-
-
-class IncompleteObjectWarning(UserWarning):
-    """An object reached the cut border of its chunk's read region: enlarge ``context``."""
-
-
-class IncompleteObjectError(ParameterError):
-    """Raised with ``on_incomplete="error"`` when ``context`` is too small for an object."""
 
 
 @dataclasses.dataclass

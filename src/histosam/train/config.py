@@ -20,13 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histosam.errors import HistosamError
+from histosam.errors import ConfigError
 
 FINETUNE_MODES = ("mask_decoder", "encoder_and_mask_decoder", "all", "decoders")
-
-
-class ConfigError(HistosamError):
-    """A training configuration is invalid (unknown key, wrong type, bad value)."""
 
 
 @dataclass

@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histosam.errors import HistosamError
+from histosam.errors import DataError
 from histosam.train.targets import distance_targets, relabel_instances
-
-
-class DataError(HistosamError):
-    """Training data are missing or malformed."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from histosam.errors import ParameterError
 from histosam.io.atomic import atomic_torch_save
 from histosam.train.checkpoint import load_train_state, save_model
 from histosam.train.config import TrainConfig
@@ -106,11 +107,11 @@ class Trainer:
         resize = getattr(self.model.config, "resize_longest_side", True)
         if not resize and not self.cfg.pad_to_frame:
             if p % 16:
-                raise ValueError(f"patch size {p} must be a multiple of 16 without pad_to_frame")
+                raise ParameterError(f"patch size {p} must be a multiple of 16 without pad_to_frame")
             return self.model.preprocess(images, pad_to=p), 1.0, (p, p)
         scale = s / p if resize else 1.0
         if p > s and not resize:
-            raise ValueError(f"patch size {p} exceeds the model's input frame {s}")
+            raise ParameterError(f"patch size {p} exceeds the model's input frame {s}")
         if scale != 1.0:
             size = int(round(p * scale))
             images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from histosam.errors import HistosamError
+from histosam.errors import HistosamError, NoTissueWarning
 from histosam.inference.runtime import release_freed_memory
 from histosam.io.atomic import make_dirs, remove_empty_dirs, sweep_temp_files
 from histosam.wsi.chunks import SlidePlan, make_plan, process_chunks
@@ -36,10 +36,6 @@ from histosam.wsi.tissue import detect_tissue
 PredictMaps = Callable
 
 _MODEL_CACHE: dict = {}
-
-
-class NoTissueWarning(UserWarning):
-    """The tissue detector found no tissue: the slide yields empty outputs."""
 
 
 class ModelMaps:

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histosam.errors import HistosamError
-
-
-class RoiError(HistosamError):
-    """A region of interest cannot be parsed."""
+from histosam.errors import RoiError
 
 
 @dataclass

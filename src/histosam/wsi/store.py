@@ -16,11 +16,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from histosam.io.runkey import RunMismatchError
-
-
-class StoreMismatchError(RunMismatchError):
-    """The chunk store was written with different parameters (use --overwrite or another -o)."""
+from histosam.errors import StoreMismatchError
 
 
 class ChunkStore:
