@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         predict, model_name = colour_threshold_maps, "fake-colour-threshold"
         tile, halo = 384, 64
     else:
-        from histosam.automatic import default_tiling
+        from histosam.tasks.nuclei import default_tiling
 
         predict, model_name = ModelMaps(args.model, args.device), args.model or "default"
         params = predict.postprocess  # loads the model now: a bad name fails before any slide

@@ -25,31 +25,37 @@ DEFAULT_GRID: dict[str, Sequence[Any]] = {
 }
 
 
-def stitched_maps(model, image: np.ndarray, precision: str = "auto", device: str | None = None) -> np.ndarray:
-    """Decoder maps ``3×H×W`` float32 of a whole image, predicted tile by tile as ``histosam.segment`` does."""
-    from histosam.automatic import default_tiling
-    from histosam.inference.maps import make_map_predictor
-    from histosam.tiling.grid import Box, TileGrid
-    from histosam.tiling.maps import MapAssembler
+def stitched_maps(model, image: np.ndarray, precision: str = "auto", device: str | None = None,
+                  mpp: float | None = None) -> np.ndarray:
+    """Decoder maps ``3×h×w`` float32 of a whole image at the model's working resolution (the image at ``mpp``
+    µm/px resampled as :mod:`histosam.tasks.nuclei` does), predicted tile by tile as ``histosam.segment`` does."""
+    from histosam.tasks.nuclei import nuclei_maps
 
-    h, w = image.shape[:2]
-    tile, halo = default_tiling(model, (h, w))
-    predict = make_map_predictor(model, device, precision)
-    asm = MapAssembler(TileGrid((h, w), tile, halo), lambda r, c, hh, ww: image[r:r + hh, c:c + ww], predict)
-    return asm.maps_for(Box(0, 0, h, w))
+    return nuclei_maps(model, image, mpp, precision=precision, device=device)[0]
 
 
 def grid_search(maps: list[np.ndarray], labels: list[np.ndarray], grid: dict[str, Sequence[Any]] | None = None,
                 base: AISParams | None = None) -> tuple[AISParams, list[dict[str, Any]]]:
-    """Best AIS parameters by mean per-image mSA over ``(maps, labels)`` pairs; also every combination's score."""
+    """Best AIS parameters by mean per-image mSA over ``(maps, labels)`` pairs; also every combination's score.
+    Maps at the model's working resolution are scored on the labels' grid (resampled back as the recipe does)."""
     grid = dict(grid or DEFAULT_GRID)
     base = base or AISParams()
     keys = list(grid)
     rows = []
     for values in itertools.product(*(grid[k] for k in keys)):
         params = base.replace(**dict(zip(keys, values)))
-        scores = [mean_segmentation_accuracy(gt.astype(np.uint32), watershed_from_maps(m, params=params))
+        scores = [mean_segmentation_accuracy(gt.astype(np.uint32), _to_grid(watershed_from_maps(m, params=params),
+                                                                             gt.shape))
                   for m, gt in zip(maps, labels)]
         rows.append({**dict(zip(keys, values)), "msa": float(np.mean(scores))})
     best = max(rows, key=lambda r: r["msa"])
     return base.replace(**{k: best[k] for k in keys}), rows
+
+
+def _to_grid(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels predicted at the working resolution brought to the ground truth's grid (nearest pixel centre)."""
+    if labels.shape == tuple(shape[:2]):
+        return labels
+    from histosam.tasks.nuclei import resample_labels
+
+    return resample_labels(labels, (int(shape[0]), int(shape[1])))

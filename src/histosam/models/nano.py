@@ -130,7 +130,12 @@ class NanoInstanceDecoder(nn.Module):
         return torch.sigmoid(self.out_conv(x))
 
 
-@register("nano", instance_head="nano")
+#: receptive field of histosam-nano's instance maps (encoder + instance decoder): an output pixel depends on input
+#: pixels at most 213 px away (measured by back-propagation, tests/test_tiling_model_maps.py)
+NANO_RECEPTIVE_RADIUS = 213
+
+
+@register("nano", instance_head="nano", tiling=(1024, 224, 0))  # halo 224 >= the receptive radius
 def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, **overrides: Any):
     """histosam-nano: convolutional encoder (stride 8) + SAM prompt encoder/mask decoder + nano instance decoder
     (``instance_decoder``: ``"nano"`` or ``None``)."""

@@ -13,7 +13,8 @@ from typing import Any
 
 from histosam.errors import ParameterError
 
-__all__ = ["ARCHITECTURES", "register", "get_builder", "list_architectures", "default_instance_head", "PROVIDERS"]
+__all__ = ["ARCHITECTURES", "register", "get_builder", "list_architectures", "default_instance_head",
+           "architecture_tiling", "PROVIDERS"]
 
 Builder = Callable[..., Any]
 
@@ -26,19 +27,35 @@ PROVIDERS = ("histosam.models.vit", "histosam.models.nano", "histosam.models.tin
 
 #: name -> the instance (AIS) head that fits the architecture when one is added (training a decoder)
 INSTANCE_HEADS: dict[str, str] = {}
+#: name -> (tile, halo, whole_below): the engine's default tiling for the architecture, in working pixels; images
+#: whose longest side is at most ``whole_below`` are one tile (0: never)
+TILINGS: dict[str, tuple[int, int, int]] = {}
+
+#: PathoSAM's tiling for SAM-family models (resized tiles): 384 + 2·64, images up to 512 px whole
+SAM_TILING = (384, 64, 512)
 
 
-def register(name: str, instance_head: str = "unetr") -> Callable[[Builder], Builder]:
+def register(name: str, instance_head: str = "unetr",
+             tiling: tuple[int, int, int] = SAM_TILING) -> Callable[[Builder], Builder]:
     """Decorator: register ``fn`` as the builder of architecture ``name`` (a name registers once);
-    ``instance_head`` is the AIS head kind that fits its encoder (:func:`histosam.models.heads.instance_head`)."""
+    ``instance_head`` is the AIS head kind that fits its encoder (:func:`histosam.models.heads.instance_head`);
+    ``tiling`` its default ``(tile, halo, whole_below)`` (see :data:`TILINGS`)."""
     def deco(fn: Builder) -> Builder:
         if name in ARCHITECTURES and ARCHITECTURES[name] is not fn:
             raise ValueError(f"architecture {name!r} is registered twice")
         ARCHITECTURES[name] = fn
         INSTANCE_HEADS[name] = instance_head
+        TILINGS[name] = tiling
         return fn
 
     return deco
+
+
+def architecture_tiling(name: str) -> tuple[int, int, int]:
+    """``(tile, halo, whole_below)`` registered for architecture ``name`` (SAM's for unknown custom ones)."""
+    if name not in TILINGS:
+        _import_providers()
+    return TILINGS.get(name, SAM_TILING)
 
 
 def default_instance_head(name: str) -> str:
