@@ -197,7 +197,9 @@ def test_predict_resamples_to_the_model_resolution(tmp_path, image_path):
     given, from_file = read_labels(tmp_path / "given.tif"), read_labels(tmp_path / "file.tif")
     assert given.shape == image.shape[:2] and given.any()
     np.testing.assert_array_equal(given, from_file)
-    assert main(["predict", str(image_path), "-o", str(tmp_path / "bad.png"), *common, "--mpp", "0"]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error: exit 2, one line naming --mpp
+        main(["predict", str(image_path), "-o", str(tmp_path / "bad.png"), *common, "--mpp", "0"])
+    assert stop.value.code == 2
 
 
 def test_predict_single_point(tmp_path, tiny_model_path, image_path):

@@ -83,3 +83,19 @@ def test_every_exception_class_lives_in_errors():
                     for b in node.bases):
                 strays.append(f"{path.relative_to(root)}:{node.name}")
     assert strays == []
+
+
+@pytest.mark.parametrize("command", ["segment", "predict", "evaluate", "slide"])
+def test_shared_options_mean_the_same_everywhere(command, capsys):
+    from histosam.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    opts = {s: a for a in sub._actions for s in a.option_strings}
+    for name in ("--model", "--device", "--precision", "--allow-pickle", "--mpp"):
+        assert name in opts, name
+    assert opts["--precision"].choices == ("auto", "fp32", "bf16")
+    for bad in ("-1", "nan", "0", "x"):
+        with pytest.raises(SystemExit):
+            sub.parse_args(["--mpp", bad])
+        assert "--mpp" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from histosam.cli.options import add_model_options, add_mpp_option
+
 TASKS = ("ais", "amg", "point", "box", "iterative", "clicks", "baseline")
 
 
@@ -25,9 +27,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "segmentation against instance labels: mSA, SA50/SA75, PQ, AJI; NoC/NoF/SPC for clicks.",
     )
     p.add_argument("--data", required=True, type=Path, help="folder with <id>.png + <id>_label.tif")
-    p.add_argument("--model", default=None,
-                   help="registered model name or checkpoint path (default: the embedded default model; not used "
-                   "by --task baseline)")
+    add_model_options(p, model_help="not used by --task baseline")
+    add_mpp_option(p, "the images (default: the model's resolution; histosam-nano: 0.25)")
     p.add_argument("--task", choices=TASKS, default="ais")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of images in the val split")
     p.add_argument("--seed", type=int, default=42, help="seed of the split and of prompt sampling")
@@ -42,7 +43,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32,
                    help="objects per predict call (0 = all at once; use 1 for per-click latency as SPC)")
-    p.add_argument("--device", default=None)
     p.set_defaults(func=run)
     return p
 
@@ -86,10 +86,7 @@ MD_COLUMNS = ("image", "n_gt", "n_pred", "mSA", "SA50", "SA75", "PQ", "AJI", "po
 def _load_model(args):
     import histosam
 
-    try:
-        return histosam.load_model(args.model, device=args.device)
-    except TypeError:
-        return histosam.load_model(args.model)
+    return histosam.load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
         model = _load_model(args)
         if args.task in ("point", "box", "iterative", "clicks"):
-            predictor = histosam.Predictor(model, device=args.device)
+            predictor = histosam.Predictor(model, device=args.device, precision=args.precision)
     rows, extra = [], {}
     t_start = time.perf_counter()
     for k, s in enumerate(samples, 1):
@@ -120,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 import histosam
 
-                pred = histosam.segment(image, model=model, mode=args.task)
+                pred = histosam.segment(image, model=model, mode=args.task, mpp=args.mpp, device=args.device,
+                                        precision=args.precision)
             row |= _auto_scores(gt, np.asarray(pred), args.relabel_gt)
         elif args.task in ("point", "box", "iterative"):
             row |= _interactive(predictor, image, gt, args, extra)
@@ -150,7 +148,7 @@ def _interactive(predictor, image, gt, args, extra) -> dict:
     row = {"n_gt": int(len(np.unique(gt[gt > 0])))}
     for start in starts:
         res = iterative_prompting(predictor, image, gt, start=start, n_iterations=n_it, use_masks=args.use_masks,
-                                  seed=args.seed, batch_size=args.batch_size, relabel=args.relabel_gt)
+                                  seed=args.seed, batch_size=args.batch_size, relabel=args.relabel_gt, mpp=args.mpp)
         row[start] = res.msa[0]
         row[f"{start}_SA50"] = res.sa50[0]
         if args.task == "iterative":
@@ -164,7 +162,7 @@ def _interactive(predictor, image, gt, args, extra) -> dict:
 def _clicks(predictor, image, gt, args, extra) -> dict:
     from histosam.evaluation.protocols import click_protocol
 
-    res = click_protocol(predictor, image, gt, max_clicks=args.max_clicks, batch_size=args.batch_size)
+    res = click_protocol(predictor, image, gt, max_clicks=args.max_clicks, batch_size=args.batch_size, mpp=args.mpp)
     extra.setdefault("clicks", []).append(res.ious)
     return {"n_gt": len(res.ious), "NoC@80": res.noc(0.8), "NoC@85": res.noc(0.85), "NoC@90": res.noc(0.9),
             "NoF@85": res.nof(0.85), "NoF@90": res.nof(0.9), "SPC": res.spc,

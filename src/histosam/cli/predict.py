@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from histosam.cli.options import add_model_options, add_mpp_option
 from histosam.errors import HistosamError
 
 OUTPUT_SUFFIXES = (".png", ".tif", ".tiff")
@@ -67,22 +68,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, TIFF, ...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="output mask: OUT.png, OUT.tif or OUT.tiff")
-    p.add_argument("--model", default=None,
-                   help="registered model name or checkpoint path (default: the embedded default model)")
+    add_model_options(p)
     p.add_argument("--point", type=point_arg, action="append", default=[], metavar="X,Y[,LABEL]",
                    help="point prompt (repeatable); LABEL 1 = foreground (default), 0 = background")
     p.add_argument("--box", type=box_arg, default=None, metavar="X0,Y0,X1,Y1", help="box prompt")
     p.add_argument("--multimask", action="store_true",
                    help="predict three candidates and keep the best (helps with a single ambiguous point)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="encoder precision (default auto: bf16 where fast)")
-    p.add_argument("--device", default=None, help="torch device (default: automatic)")
-    p.add_argument("--mpp", type=float, default=None,
-                   help="µm/px of IMAGE: resampled to the model's resolution where the model states one (default: "
-                   "what a TIFF states in its OME-XML or resolution tags, else none); prompts and mask stay in "
-                   "IMAGE's pixels")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow checkpoints with pickled Python objects (only for files you trust)")
+    add_mpp_option(p, "IMAGE: resampled to the model's resolution where the model states one (default: what a TIFF "
+                   "states in its OME-XML or resolution tags, else none); prompts and mask stay in IMAGE's pixels")
     p.set_defaults(func=run)
     return p
 

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from histosam.cli.options import add_model_options, add_mpp_option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -31,20 +33,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--model", default=None,
-                   help="registered model name or checkpoint path (default: the embedded default model)")
+    add_model_options(p)
     p.add_argument("--mode", choices=("ais", "amg"), default="ais",
                    help="ais: instance decoder + watershed (default); amg: SAM automatic mask generator")
     p.add_argument("--tile", type=int, default=None, help="model tile size in pixels (default: from the model)")
     p.add_argument("--halo", type=int, default=None, help="tile halo in pixels (default: from the model)")
     p.add_argument("--chunk", type=int, default=1024, help="post-processing chunk size (default 1024)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default 4)")
-    p.add_argument("--device", default=None, help="torch device (default: automatic)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="inference precision (default auto)")
-    p.add_argument("--mpp", type=float, default=None,
-                   help="µm/px of the inputs: resample to the model's resolution, add µm columns (default: what a "
-                   "TIFF states in its OME-XML or resolution tags, else the model's resolution)")
+    add_mpp_option(p, "the inputs: resampled to the model's resolution, µm columns in the tables (default: what "
+                   "a TIFF states in its OME-XML or resolution tags, else the model's resolution)")
     p.add_argument("--geojson-gz", action="store_true", help="write <stem>.geojson.gz (gzip) instead of .geojson")
     p.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs are complete")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -164,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         owners[stem_key] = path
         if model is None:  # load once; a bad model stops everything
-            model = resolve_model(args.model, args.device, require_decoder=args.mode == "ais")
+            model = resolve_model(args.model, args.device, require_decoder=args.mode == "ais",
+                                  allow_pickle=args.allow_pickle)
         try:
             if not args.overwrite and is_complete(path, out_dir, geojson_gz=args.geojson_gz):
                 key = run_key(path, model, None, mode=args.mode, tile=args.tile, halo=args.halo, chunk=args.chunk,

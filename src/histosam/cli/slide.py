@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from histosam.cli.options import add_model_options, add_mpp_option
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -25,15 +27,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="slide files, folders, glob patterns or CSV lists (path[,mpp])")
     p.add_argument("-o", "--output", required=True, help="output folder")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help="registered model name or checkpoint path (default: the embedded default model)")
+    add_model_options(g)
     g.add_argument("--fake-model", action="store_true",
                    help="debug: model-free colour-threshold predictor (no network needed)")
-    g.add_argument("--device", default=None, help="torch device (default: automatic)")
     g.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
     g = p.add_argument_group("resolution and region")
-    g.add_argument("--mpp", type=float, default=None,
-                   help="level-0 µm/px of the slides (overrides metadata; default: metadata, else 0.25)")
+    add_mpp_option(g, "the slides' level 0 (overrides their metadata; default: the metadata, else 0.25)")
     g.add_argument("--target-mpp", type=float, default=0.25,
                    help="working resolution of the model in µm/px (default 0.25)")
     g.add_argument("--roi", default=None, help="QuPath GeoJSON file or x,y,w,h box in level-0 pixels")
@@ -79,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from histosam.tasks.nuclei import default_tiling
 
-        predict, model_name = ModelMaps(args.model, args.device), args.model or "default"
+        predict = ModelMaps(args.model, args.device, precision=args.precision, allow_pickle=args.allow_pickle)
+        model_name = args.model or "default"
         params = predict.postprocess  # loads the model now: a bad name fails before any slide
         tile, halo = default_tiling(predict.loaded_model, (1 << 20, 1 << 20))
     tile = args.tile if args.tile is not None else tile

@@ -156,6 +156,7 @@ def iterative_prompting(
     batch_size: int | None = None,
     keep_predictions: bool = False,
     relabel: bool = False,
+    mpp: float | None = None,
 ) -> IterativeResult:
     """PathoSAM / micro-sam iterative prompting on one image.
 
@@ -164,7 +165,8 @@ def iterative_prompting(
     mask). Each later iteration adds one positive and one negative correction point per object
     (accumulated), single mask; with ``use_masks`` the previous low-res logits go in as ``mask_input``.
     ``batch_size=None`` prompts all objects in one ``predict`` call per iteration. mSA per iteration is
-    computed against ``gt`` (connected-component relabelled first only if ``relabel``).
+    computed against ``gt`` (connected-component relabelled first only if ``relabel``). ``mpp``: µm/px of
+    ``image`` (the predictor resamples it to the model's resolution; prompts and masks stay in image pixels).
     """
     if start not in ("point", "box"):
         raise ParameterError(f"start must be 'point' or 'box', got {start!r}")
@@ -173,7 +175,7 @@ def iterative_prompting(
     rng = np.random.default_rng(seed)
     ids = [int(i) for i in np.unique(gt[gt > 0])]
     result = IterativeResult(start, len(ids))
-    predictor.set_image(image)
+    _set_image(predictor, image, mpp)
     boxes = object_boxes(gt)
     gt_px = _object_pixels(gt, ids)
     centres = object_centers(gt) if start == "point" else {}
@@ -315,6 +317,7 @@ def click_protocol(
     first_multimask: bool = True,
     region: str = "largest",
     batch_size: int | None = None,
+    mpp: float | None = None,
 ) -> ClickResult:
     """Kim et al. / RITM click protocol for every object of ``gt`` (H×W labels).
 
@@ -323,14 +326,14 @@ def click_protocol(
     point (accumulated) and, with ``use_masks``, the previous low-res logits as ``mask_input``. All
     ``max_clicks`` are run for every object so the IoU-per-click curve is complete; NoC uses the first
     click reaching the target. Deterministic (no randomness). Error regions are computed in the
-    bounding box of GT ∪ prediction, which gives the same clicks as the full image.
+    bounding box of GT ∪ prediction, which gives the same clicks as the full image. ``mpp``: µm/px of ``image``.
     """
     gt = np.asarray(gt)
     shape = gt.shape[:2]
     ids = [int(i) for i in np.unique(gt[gt > 0])]
     ious = np.zeros((len(ids), max_clicks), np.float64)
     t0 = time.perf_counter()
-    predictor.set_image(image)
+    _set_image(predictor, image, mpp)
     embed_seconds = time.perf_counter() - t0
     gt_px = _object_pixels(gt, ids)
     seconds = 0.0
@@ -364,3 +367,11 @@ def click_protocol(
                 union = gt_px[i].size + pred_px[b].size - inter
                 ious[sl.start + b, k] = inter / union if union else 0.0
     return ClickResult(ious, seconds, len(ids) * max_clicks, embed_seconds)
+
+
+def _set_image(predictor: PredictorLike, image: np.ndarray, mpp: float | None) -> None:
+    """``set_image`` with the pixel size when one is given (predictors without an ``mpp`` argument get none)."""
+    if mpp is None:
+        predictor.set_image(image)
+    else:
+        predictor.set_image(image, mpp=mpp)  # type: ignore[call-arg]

@@ -28,12 +28,13 @@ AIS_KEYS = frozenset(AISParams.__dataclass_fields__)
 PredictMaps = Callable[[np.ndarray], np.ndarray]
 
 
-def resolve_model(model: Any = None, device: str | None = None, require_decoder: bool = False):
+def resolve_model(model: Any = None, device: str | None = None, require_decoder: bool = False,
+                  allow_pickle: bool = False):
     """A loaded model from a model object, registry name, path or ``None`` (the embedded default)."""
     if model is None or isinstance(model, str | os.PathLike):
         from histosam.registry.loader import load_model
 
-        return load_model(model, device=device, require_decoder=require_decoder)
+        return load_model(model, device=device, require_decoder=require_decoder, allow_pickle=allow_pickle)
     return model
 
 

@@ -42,17 +42,18 @@ class ModelMaps:
     """Picklable ``predict_maps`` for a histosam model (``None`` = the default model); the model loads
     lazily, once per process (each Dask worker loads its own copy)."""
 
-    def __init__(self, model: str | None = None, device: str | None = None) -> None:
-        self.model, self.device = model, device
+    def __init__(self, model: str | None = None, device: str | None = None, precision: str = "auto",
+                 allow_pickle: bool = False) -> None:
+        self.model, self.device, self.precision, self.allow_pickle = model, device, precision, allow_pickle
 
     def _load(self):
-        key = (self.model, self.device)
+        key = (self.model, self.device, self.precision, self.allow_pickle)
         if key not in _MODEL_CACHE:
             from histosam.inference.maps import make_map_predictor
             from histosam.registry.loader import load_model
 
-            model = load_model(self.model, device=self.device, require_decoder=True)
-            _MODEL_CACHE[key] = (model, make_map_predictor(model, device=self.device))
+            model = load_model(self.model, device=self.device, require_decoder=True, allow_pickle=self.allow_pickle)
+            _MODEL_CACHE[key] = (model, make_map_predictor(model, device=self.device, precision=self.precision))
         return _MODEL_CACHE[key]
 
     def __call__(self, tiles):
@@ -68,7 +69,7 @@ class ModelMaps:
         """``{"weights", "config"}``: content hashes of the model's weights and configuration (run keys)."""
         from histosam.io.runkey import model_identity
 
-        return model_identity(self._load()[0])
+        return {**model_identity(self._load()[0]), "precision": self.precision}
 
     @property
     def postprocess(self) -> dict:
