@@ -99,3 +99,16 @@ def test_shared_options_mean_the_same_everywhere(command, capsys):
         with pytest.raises(SystemExit):
             sub.parse_args(["--mpp", bad])
         assert "--mpp" in capsys.readouterr().err
+
+
+def test_docstring_examples_name_registered_models():
+    """Every `--model NAME` in the command docstrings names a registered model (or a file)."""
+    import re
+
+    import histosam
+
+    root = Path(__file__).resolve().parents[1] / "src" / "histosam" / "cli"
+    names = set(histosam.list_models())
+    for path in root.glob("*.py"):
+        for name in re.findall(r"--model ([A-Za-z0-9_.\-/]+)", path.read_text(encoding="utf-8")):
+            assert name in names or name.endswith((".pt", ".pth")) or name.isupper(), (path.name, name)

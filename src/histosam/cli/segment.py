@@ -3,7 +3,7 @@
 Examples::
 
     histosam segment image.png -o out/
-    histosam segment 'tiles/*.tif' folder/ -o out/ --model pathosam-vit-b --mpp 0.25 --geojson-gz
+    histosam segment 'tiles/*.tif' folder/ -o out/ --model vit_b_histopathology --mpp 0.25 --geojson-gz
     histosam segment img.png -o out/ --mode amg --param points_per_side=16
     histosam segment img.png -o out/ --param foreground_threshold=0.6 --param context=256
 

@@ -2,7 +2,7 @@
 
 Examples::
 
-    histosam slide slide.svs -o out/ --model pathosam-vit-b
+    histosam slide slide.svs -o out/ --model vit_b_histopathology
     histosam slide 'cohort/*.svs' list.csv -o out/ --model my.pt --workers 4
     histosam slide slide.ndpi -o out/ --model NAME --roi tumour.geojson --mpp 0.25
 """
