@@ -7,13 +7,30 @@ prompt is mapped to the model's input frame:
   its longest side is ``image_size`` (1024), exactly as ``SamPredictor``; one embedding per image.
 - Models working at a native resolution (histosam-nano) and images larger than the frame: **tiled
   embeddings**. The image is covered by frame-sized tiles overlapping by ``tile_overlap`` pixels (the last tile
-  in each axis ends at the image border). Each prompt set (one batch row: its points and box) goes to the tile
-  whose inner area holds the prompts' bounding box with the largest margin; its masks are predicted in that
-  tile and pasted into a full-size mask (zeros outside the tile). Tiles are encoded lazily, on first use.
-  ``Prediction.tile_origin`` gives each row's tile origin (row, col); ``low_res_logits`` are in that tile's
-  frame, so feed them back (``mask_input``) only with prompts that map to the same tile. A prompt set wider than
-  one tile is clipped to the best tile (a warning says so). ``resize_longest_side`` models can tile too
-  (``tiling=True``), at native resolution.
+  in each axis ends at the image border), each encoded on its own (lazily, on first use): a 1000×1000 image at
+  nano's 512 frame is held as 9 tile embeddings of 64×64 cells (origins 0, 384 and 488 in each axis), not as one
+  embedding. Each prompt set (one batch row: its points and box) goes to the tile whose inner area holds the
+  prompts' bounding box with the largest margin; its masks are predicted in that tile and pasted into a
+  full-size mask (zeros outside the tile). ``Prediction.tile_origin`` gives each row's tile origin (row, col);
+  ``low_res_logits`` are in that tile's frame. A prompt set wider than one tile is clipped to the best tile (a
+  warning says so). ``resize_longest_side`` models can tile too (``tiling=True``), at native resolution.
+- **Prompt windows** (native-resolution models with ``config.prompt_window``, histosam-nano: 256 px): the mask
+  decoder was trained on 256-px patches (32×32 embedding cells at the top-left of its positional grid), so it
+  only segments prompts that sit in such a window. Each prompt set is decoded on a window of its tile's
+  embedding, ``prompt_window`` px a side, aligned to the embedding stride and centred on the prompts' extent
+  (points, box, and the positive region of ``mask_input`` when it fits), clamped inside the tile's image area
+  (so prompts at image borders and corners get a window flush with the border); the prompt coordinates are
+  shifted into the window and ``mask_input`` is cropped to it. The masks come from the window's logits (False
+  outside the window); ``low_res_logits`` keep their frame-sized shape: the window's logits pasted into the
+  tile's frame, :data:`OUTSIDE_LOGIT` elsewhere (``Prediction.window`` gives each window). A prompt set whose
+  extent plus :data:`WINDOW_MARGIN` on both sides exceeds the window gets a larger window (rounded up to a
+  quarter of the window, at most the whole frame, i.e. the behaviour without windows). Prompt sets with the same
+  window size are decoded together. ``Predictor(..., prompt_window=0)`` decodes on the whole frame.
+- ``mask_input`` is a frame-sized ``low_res_logits`` row of an earlier prediction. Its frame is the one that
+  prediction was decoded in: ``mask_origin`` when given (``Prediction.tile_origin``), else the predictor
+  recognises logits it returned itself (since the last ``set_image`` of another image), else the frame chosen
+  for the new prompts. A row keeps its mask's tile while its prompts fit in it; otherwise the mask is moved into
+  the new frame (the part outside the mask's frame reads :data:`OUTSIDE_LOGIT`).
 
 Embeddings are cached by image content (a hash of the pixels), so setting the same image again is free, and
 can be saved to / loaded from a file (:meth:`Predictor.save_embedding`, ``set_image(..., embedding_path=...)``);
@@ -42,23 +59,52 @@ from histosam.models.param_cache import version_key, weights_fingerprint
 from histosam.models.sam import SegmentAnything
 
 EMBEDDING_FORMAT = "histosam-embedding-v1"
+#: logit outside a prompt set's window in the frame-sized ``low_res_logits``, and where a moved ``mask_input``
+#: has no values (sigmoid ≈ 2e-9)
+OUTSIDE_LOGIT = -20.0
+#: pixels kept between a prompt set's extent and its window's border before the window grows
+WINDOW_MARGIN = 16
+#: returned logits remembered for recognising a ``mask_input``'s frame
+_MASK_FRAMES = 8192
 
 
 @dataclass
 class Prediction:
     """Result of :meth:`Predictor.predict` (always batched: B prompt sets, C = 3 with multimask else 1).
 
+    Unpacks like ``SamPredictor.predict``'s tuple: ``masks, scores, logits = predictor.predict(...)`` (also
+    ``prediction[0]``, ``len(prediction) == 3``); ``tile_origin`` and ``window`` only by attribute.
+
     Attributes:
         masks: bool ``B×C×H×W`` in original image pixels.
         scores: float32 ``B×C`` predicted IoU.
-        low_res_logits: float32 ``B×C×4h×4w`` (256×256 for SAM) in the model frame of each row's tile.
+        low_res_logits: float32 ``B×C×4h×4w`` (256×256 for SAM and histosam-nano) in the model frame of each
+            row's tile: the frame whose top-left corner is ``tile_origin`` in the (working) image, one value per
+            ``frame / 4h`` pixels (resized models: of the resized image). Decoded in a window, the window's
+            logits are pasted there and the rest of the frame is :data:`OUTSIDE_LOGIT`. Feed a row back as
+            ``mask_input`` (shape ``1×4h×4w``).
         tile_origin: int ``B×2`` (row, col) of the tile each row was predicted in ((0, 0) when untiled).
+        window: int ``B×4`` (row, col, height, width) of each row's decoding window in working-image pixels
+            (the whole tile frame when not decoded in a window).
     """
 
     masks: np.ndarray
     scores: np.ndarray
     low_res_logits: np.ndarray
     tile_origin: np.ndarray
+    window: np.ndarray | None = None
+
+    def _as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.masks, self.scores, self.low_res_logits
+
+    def __iter__(self):
+        return iter(self._as_tuple())
+
+    def __getitem__(self, index):
+        return self._as_tuple()[index]
+
+    def __len__(self) -> int:
+        return 3
 
 
 @dataclass
@@ -69,6 +115,7 @@ class LogitsPrediction:
     scores: np.ndarray
     low_res_logits: np.ndarray
     tile_origin: np.ndarray
+    window: np.ndarray | None = None
 
 
 @dataclass
@@ -82,6 +129,7 @@ class _DecodePlan:
     masks: np.ndarray | None
     assign: list[int]
     multimask: bool
+    windows: list[tuple[int, int, int] | None]  # per row: (row, col, side) in cells of its tile, None = frame
 
 
 @dataclass
@@ -123,10 +171,13 @@ class Predictor:
         tiling: ``None`` = tile only models without ``resize_longest_side`` when the image exceeds the frame.
         tile_overlap: overlap of neighbouring tiles in pixels (default a quarter of the frame).
         cache_size: images whose embeddings stay cached in memory.
+        prompt_window: side in pixels of the window prompts are decoded in (native-resolution models; see the
+            module docstring): ``None`` = the model's ``config.prompt_window``, 0 = the whole frame.
     """
 
     def __init__(self, model=None, device: str | torch.device | None = None, precision: str = "auto",
-                 tiling: bool | None = None, tile_overlap: int | None = None, cache_size: int = 4) -> None:
+                 tiling: bool | None = None, tile_overlap: int | None = None, cache_size: int = 4,
+                 prompt_window: int | None = None) -> None:
         if model is None or isinstance(model, str | os.PathLike):
             from histosam.registry.loader import load_model
 
@@ -137,6 +188,8 @@ class Predictor:
         self.frame = int(model.image_size)
         self.tiling = tiling
         self.tile_overlap = self.frame // 4 if tile_overlap is None else int(tile_overlap)
+        self.window = self._resolve_window(prompt_window)  # px, None = decode on the whole frame
+        self._mask_frames: OrderedDict[bytes, tuple[int, int]] = OrderedDict()  # returned logits -> frame
         self._cache: OrderedDict[tuple[str, tuple], list[_Tile]] = OrderedDict()
         self.cache_size = cache_size
         self._tiles: list[_Tile] | None = None
@@ -180,6 +233,8 @@ class Predictor:
         if self.scale != 1.0:
             rgb = resample_rgb(rgb, self.scale)
         key = f"{image_hash(rgb)}:{self.model.config.name}:{self.precision}"
+        if key != self.image_key:
+            self._mask_frames.clear()
         self._rgb = rgb
         self.original_size = rgb.shape[:2]
         self.image_key = key
@@ -258,34 +313,48 @@ class Predictor:
     # ---------------------------------------------------------------- prompts
     def predict(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
                 box: np.ndarray | None = None, mask_input: np.ndarray | None = None, multimask: bool = False,
-                batch_size: int = 16) -> Prediction:
-        """Masks for ``B`` prompt sets (see the module docstring for frames and tiling).
+                batch_size: int = 16, mask_origin: np.ndarray | None = None) -> Prediction:
+        """Masks for ``B`` prompt sets (see the module docstring for frames, tiles and windows).
 
         Args:
             points: ``(N, 2)`` or ``(B, N, 2)`` (x, y) pixels; labels: ``(N,)`` / ``(B, N)``, 1 = foreground,
-                0 = background (default all 1).
+                0 = background, −1 = ignored (default all 1).
             box: ``(4,)`` or ``(B, 4)`` ``[x0, y0, x1, y1]`` pixels.
-            mask_input: ``(1, 4h, 4w)`` or ``(B, 1, 4h, 4w)`` low-resolution logits of an earlier prediction.
+            mask_input: ``(1, 4h, 4w)`` or ``(B, 1, 4h, 4w)`` low-resolution logits of an earlier prediction
+                (a ``low_res_logits`` row: frame-sized).
             multimask: return 3 candidate masks per prompt set instead of 1.
             batch_size: prompt sets decoded together (bounds memory for many prompts).
+            mask_origin: ``(2,)`` or ``(B, 2)`` ``tile_origin`` of the prediction ``mask_input`` comes from
+                (default: recognised, see the module docstring).
         """
-        plan, out = self._plan(points, labels, box, mask_input, multimask)
+        plan, out = self._plan(points, labels, box, mask_input, multimask, mask_origin)
         (h, w), input_size = self._sizes()
         out_masks = np.zeros((*out.scores.shape, h, w), dtype=bool)
-        for tile, idx, logits in self._decode_batches(plan, out, batch_size):
-            full = pre.upscale_logits(logits, self.frame, tile.input_size, (tile.h, tile.w)) > 0.0
-            out_masks[idx, :, tile.row: tile.row + tile.h, tile.col: tile.col + tile.w] = full.cpu().numpy()
+        stride = self.model.embedding_stride
+        for tile, idx, logits, windows in self._decode_batches(plan, out, batch_size):
+            if windows is None:
+                full = pre.upscale_logits(logits, self.frame, tile.input_size, (tile.h, tile.w)) > 0.0
+                out_masks[idx, :, tile.row: tile.row + tile.h, tile.col: tile.col + tile.w] = full.cpu().numpy()
+                continue
+            side = windows[0][2] * stride
+            full = (torch.nn.functional.interpolate(logits, (side, side), mode="bilinear", align_corners=False)
+                    > 0.0).cpu().numpy()
+            for k, (i, (wr, wc, _)) in enumerate(zip(idx, windows)):
+                r0, c0 = wr * stride, wc * stride  # in the tile; the window may reach into the frame's padding
+                r1, c1 = min(r0 + side, tile.h), min(c0 + side, tile.w)
+                out_masks[i, :, tile.row + r0: tile.row + r1, tile.col + c0: tile.col + c1] = \
+                    full[k, :, : r1 - r0, : c1 - c0]
         if self.scale != 1.0:  # masks back to the caller's pixel grid (nearest)
             from histosam.automatic import resample_labels
 
             out_masks = np.stack([np.stack([resample_labels(m, input_size) for m in row]) for row in out_masks])
-        return Prediction(out_masks, out.scores, out.low_res_logits, out.tile_origin)
+        return Prediction(out_masks, out.scores, out.low_res_logits, out.tile_origin, out.window)
 
     def predict_logits(self, points: np.ndarray | None = None, labels: np.ndarray | None = None,
                        box: np.ndarray | None = None, mask_input: np.ndarray | None = None, multimask: bool = False,
-                       batch_size: int = 16) -> LogitsPrediction:
+                       batch_size: int = 16, mask_origin: np.ndarray | None = None) -> LogitsPrediction:
         """:meth:`predict` without resizing the logits to full-resolution masks (same arguments)."""
-        plan, out = self._plan(points, labels, box, mask_input, multimask)
+        plan, out = self._plan(points, labels, box, mask_input, multimask, mask_origin)
         for _ in self._decode_batches(plan, out, batch_size):
             pass
         return out
@@ -296,10 +365,31 @@ class Predictor:
             raise HistosamError("call set_image() first")
         return self.original_size, self.input_size
 
-    def _plan(self, points, labels, box, mask_input, multimask: bool) -> tuple[_DecodePlan, LogitsPrediction]:
-        """Prompts batched and moved to the working image, each prompt set's tile, and the empty result."""
+    def _resolve_window(self, prompt_window: int | None) -> int | None:
+        """Window side in input-frame pixels, or None (decode on the whole frame)."""
+        cfg = self.model.config
+        if cfg.resize_longest_side:
+            return None
+        side = getattr(cfg, "prompt_window", None) if prompt_window is None else prompt_window
+        if not side:
+            return None
+        side = int(side)
+        stride = self.model.embedding_stride
+        if side < 0 or side % stride:
+            raise HistosamError(f"prompt_window must be a positive multiple of the embedding stride ({stride} px), "
+                                f"got {side}")
+        return side if side < self.frame else None
+
+    def _plan(self, points, labels, box, mask_input, multimask: bool,
+              mask_origin=None) -> tuple[_DecodePlan, LogitsPrediction]:
+        """Prompts batched and moved to the working image; each prompt set's tile and window (and its
+        ``mask_input`` moved into that tile's frame); the empty result."""
         tiles = self._require_image()
         pts, lbl, boxes, masks, b = _batch_prompts(points, labels, box, mask_input)
+        want = tuple(self.model.prompt_encoder.mask_input_size)
+        if masks is not None and tuple(masks.shape[-2:]) != want:
+            raise HistosamError(f"mask_input must be {want[0]}×{want[1]} low-res logits of the frame (a "
+                                f"low_res_logits row), got {masks.shape[-2]}×{masks.shape[-1]}")
         if self.scale != 1.0:  # prompts in the caller's pixels -> the resampled working image
             (oh, ow), (ih, iw) = self._sizes()
             sy, sx = oh / ih, ow / iw
@@ -307,30 +397,176 @@ class Predictor:
                 pts = pts * np.array([sx, sy], dtype=np.float32)
             if boxes is not None:
                 boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
-        assign = [self._choose_tile(tiles, pts, boxes, i) for i in range(b)]
+        origins = self._mask_origins(masks, mask_origin, b)
+        assign = []
+        for i in range(b):
+            keep = self._tile_of_origin(tiles, origins[i]) if origins[i] is not None else None
+            if keep is None or not self._fits(tiles[keep], pts, lbl, boxes, i):
+                keep = self._choose_tile(tiles, pts, boxes, i)
+            assign.append(keep)
+        if masks is not None:
+            masks = self._masks_to_tiles(masks, origins, [tiles[t] for t in assign])
+        windows: list[tuple[int, int, int] | None] = [None] * b
+        if self.window is not None:
+            windows = [self._place_window(tiles[assign[i]], pts, lbl, boxes, masks, i) for i in range(b)]
         c = 3 if multimask else 1
         out = LogitsPrediction(np.zeros((b, c), np.float32), np.zeros((b, c, 0, 0), np.float32),
-                               np.zeros((b, 2), np.int64))  # logits sized by the first decoded batch
-        return _DecodePlan(tiles, pts, lbl, boxes, masks, assign, multimask), out
+                               np.zeros((b, 2), np.int64), np.zeros((b, 4), np.int64))  # logits sized later
+        return _DecodePlan(tiles, pts, lbl, boxes, masks, assign, multimask, windows), out
+
+    # ----------------------------------------------------------- mask frames
+    def _mask_origins(self, masks, mask_origin, b: int) -> list[tuple[int, int] | None]:
+        """Frame origin (row, col) of each row's ``mask_input``: given, recognised, or None (unknown)."""
+        if masks is None:
+            return [None] * b
+        if mask_origin is not None:
+            org = _batched(mask_origin, np.int64, "mask_origin", (2,))
+            if org.shape[0] not in (1, b):
+                raise HistosamError(f"mask_origin has {org.shape[0]} rows for {b} prompt sets")
+            org = np.repeat(org, b, 0) if org.shape[0] != b else org
+            return [(int(r), int(c)) for r, c in org]
+        return [self._mask_frames.get(_logits_key(masks[i, 0])) for i in range(b)]
+
+    def _remember_frames(self, logits: np.ndarray, origin: tuple[int, int]) -> None:
+        for row in logits:
+            for m in row:
+                self._mask_frames[_logits_key(m)] = origin
+        while len(self._mask_frames) > _MASK_FRAMES:
+            self._mask_frames.popitem(last=False)
+
+    @staticmethod
+    def _tile_of_origin(tiles: list[_Tile], origin: tuple[int, int]) -> int | None:
+        for k, t in enumerate(tiles):
+            if (t.row, t.col) == tuple(origin):
+                return k
+        return None
+
+    @staticmethod
+    def _fits(tile: _Tile, pts, lbl, boxes, i: int) -> bool:
+        xy = _prompt_xy(pts, lbl, boxes, i)
+        if xy is None:
+            return True
+        return bool(xy[:, 0].min() >= tile.col and xy[:, 1].min() >= tile.row and
+                    xy[:, 0].max() <= tile.col + tile.w and xy[:, 1].max() <= tile.row + tile.h)
+
+    def _masks_to_tiles(self, masks: np.ndarray, origins, tiles: list[_Tile]) -> np.ndarray:
+        """Move each row's mask from its frame (``origins``; None = already the row's tile) into its tile's."""
+        out = masks
+        for i, (org, tile) in enumerate(zip(origins, tiles)):
+            if org is None or tuple(org) == (tile.row, tile.col):
+                continue
+            if out is masks:
+                out = masks.copy()
+            scale = masks.shape[-1] / self.frame  # low-res values per frame pixel (native frames only)
+            dr = int(round((tile.row - org[0]) * scale))
+            dc = int(round((tile.col - org[1]) * scale))
+            out[i] = _crop(masks[i], dr, dc, masks.shape[-2], masks.shape[-1])
+        return out
+
+    # --------------------------------------------------------------- windows
+    def _place_window(self, tile: _Tile, pts, lbl, boxes, masks, i: int) -> tuple[int, int, int] | None:
+        """(row, col, side) in embedding cells of ``tile``: the window a prompt set is decoded in."""
+        stride = self.model.embedding_stride
+        cells = self.frame // stride
+        base = self.window // stride
+        xy = _prompt_xy(pts, lbl, boxes, i)
+        region = None
+        if masks is not None:  # the mask's positive region, in tile pixels
+            pos = np.nonzero(masks[i, 0] > 0.0)
+            if pos[0].size:
+                q = self.frame / masks.shape[-1]
+                region = np.array([[pos[1].min() * q, pos[0].min() * q], [(pos[1].max() + 1) * q,
+                                                                          (pos[0].max() + 1) * q]], np.float32)
+        if xy is None:
+            if region is None:
+                return None  # nothing to place a window on: the whole frame
+            lo, hi = region[0], region[1]
+        else:
+            xy = xy - np.array([tile.col, tile.row], np.float32)
+            lo, hi = xy.min(axis=0), xy.max(axis=0) + 1.0  # a point covers its pixel
+        span = float(max(hi - lo)) + 2 * WINDOW_MARGIN
+        if span <= base * stride:
+            side = base
+        else:
+            step = max(base // 4, 1)
+            side = min(int(np.ceil(span / (step * stride))) * step, cells)
+        if region is not None and xy is not None:  # centre on prompts ∪ mask when that still fits the window
+            lo2, hi2 = np.minimum(lo, region[0]), np.maximum(hi, region[1])
+            if float(max(hi2 - lo2)) + 2 * WINDOW_MARGIN <= side * stride:
+                lo, hi = lo2, hi2
+        rows_valid = min(-(-tile.h // stride), cells)  # cells holding image pixels
+        cols_valid = min(-(-tile.w // stride), cells)
+        centre = (lo + hi) / 2.0 / stride  # (x, y) in cells
+        r = int(np.clip(np.floor(centre[1] - side / 2 + 0.5), 0, max(min(rows_valid, cells) - side, 0)))
+        c = int(np.clip(np.floor(centre[0] - side / 2 + 0.5), 0, max(min(cols_valid, cells) - side, 0)))
+        return r, c, side
 
     def _decode_batches(self, plan: _DecodePlan, out: LogitsPrediction, batch_size: int):
-        """Decode the prompt sets tile by tile in batches of ``batch_size``, filling ``out``; yields
-        ``(tile, rows, logits)`` per batch."""
+        """Decode the prompt sets tile by tile (and window size by window size) in batches of ``batch_size``,
+        filling ``out``; yields ``(tile, rows, logits, windows)`` per batch: the frame's logits and None, or the
+        windows' logits and their ``(row, col, side)``."""
         assign, tiles = plan.assign, plan.tiles
-        for t_idx in sorted(set(assign)):
+        stride = self.model.embedding_stride
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t_idx in enumerate(assign):
+            win = plan.windows[i]
+            groups.setdefault((t_idx, 0 if win is None else win[2]), []).append(i)
+        for (t_idx, _), rows in sorted(groups.items()):
             tile = tiles[t_idx]
-            rows = [i for i in range(len(assign)) if assign[i] == t_idx]
             emb = self._tile_embedding(tile)
             for start in range(0, len(rows), batch_size):
                 idx = rows[start: start + batch_size]
-                logits, iou = self._decode(tile, emb, plan.points, plan.labels, plan.boxes, plan.masks, idx,
-                                           plan.multimask)
+                wins = [plan.windows[i] for i in idx]
+                if wins[0] is None:
+                    logits, iou = self._decode(tile, emb, plan.points, plan.labels, plan.boxes, plan.masks, idx,
+                                               plan.multimask)
+                    frame_logits = logits.cpu().numpy()
+                    out.window[idx] = (tile.row, tile.col, self.frame, self.frame)
+                else:
+                    logits, iou = self._decode_windows(tile, emb, plan, idx, wins)
+                    frame_logits = self._paste(logits.cpu().numpy(), wins, emb.shape[-2:])
+                    out.window[idx] = [(tile.row + r * stride, tile.col + c * stride, s * stride, s * stride)
+                                       for r, c, s in wins]
                 if out.low_res_logits.shape[-1] == 0:
-                    out.low_res_logits = np.zeros((*out.scores.shape, *logits.shape[-2:]), dtype=np.float32)
-                out.low_res_logits[idx] = logits.cpu().numpy()
+                    out.low_res_logits = np.zeros((*out.scores.shape, *frame_logits.shape[-2:]), dtype=np.float32)
+                out.low_res_logits[idx] = frame_logits
                 out.scores[idx] = iou.cpu().numpy()
                 out.tile_origin[idx] = (tile.row, tile.col)
-                yield tile, idx, logits
+                self._remember_frames(frame_logits, (tile.row, tile.col))
+                yield tile, idx, logits, (None if wins[0] is None else wins)
+
+    def _paste(self, logits: np.ndarray, wins, emb_size) -> np.ndarray:
+        """Window logits ``B×C×4s×4s`` → frame-sized low-res logits, :data:`OUTSIDE_LOGIT` outside the windows."""
+        q = logits.shape[-1] // wins[0][2]  # low-res values per cell (4)
+        out = np.full((*logits.shape[:2], q * emb_size[0], q * emb_size[1]), OUTSIDE_LOGIT, np.float32)
+        for k, (r, c, s) in enumerate(wins):
+            out[k, :, q * r: q * (r + s), q * c: q * (c + s)] = logits[k]
+        return out
+
+    def _decode_windows(self, tile: _Tile, emb: torch.Tensor, plan: _DecodePlan, idx: list[int],
+                        wins: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode rows on their windows of ``emb`` (all of one side), prompts shifted into the windows."""
+        dev = self.device
+        stride = self.model.embedding_stride
+        side = wins[0][2]
+        if side == emb.shape[-1] and side == emb.shape[-2]:
+            window_emb = emb  # the whole frame: shared by every row
+        else:
+            window_emb = torch.cat([emb[:, :, r: r + side, c: c + side] for r, c, _ in wins])
+        shift = np.array([(tile.col + c * stride, tile.row + r * stride) for r, c, _ in wins], np.float32)
+        kwargs = {}
+        if plan.points is not None:
+            kwargs["point_coords"] = torch.from_numpy(plan.points[idx] - shift[:, None, :]).to(dev)
+            kwargs["point_labels"] = torch.from_numpy(plan.labels[idx]).to(dev)
+        if plan.boxes is not None:
+            kwargs["boxes"] = torch.from_numpy(plan.boxes[idx] - np.tile(shift, 2)).to(dev)
+        if plan.masks is not None:
+            q = plan.masks.shape[-1] // emb.shape[-1]
+            crops = np.stack([_crop(plan.masks[i], q * r, q * c, q * side, q * side) for i, (r, c, _) in
+                              zip(idx, wins)])
+            kwargs["mask_input"] = torch.from_numpy(crops).to(dev)
+        with torch.inference_mode():
+            return self.model.decode_masks(window_emb, multimask=plan.multimask, **kwargs)
 
     def _choose_tile(self, tiles: list[_Tile], pts, boxes, i: int) -> int:
         if len(tiles) == 1:
@@ -414,3 +650,32 @@ def _batch_prompts(points, labels, box, mask_input):
     if masks is not None and masks.shape[0] != b:
         masks = np.repeat(masks, b, 0)
     return pts, lbl, boxes, masks, b
+
+
+def _prompt_xy(pts, lbl, boxes, i: int) -> np.ndarray | None:
+    """Row ``i``'s prompt coordinates ``(K, 2)`` (x, y): its points (not the ignored ones, label −1) and box
+    corners; None when it has neither."""
+    coords = []
+    if pts is not None:
+        coords.append(pts[i][lbl[i] != -1])
+    if boxes is not None:
+        coords.append(boxes[i].reshape(2, 2))
+    xy = np.concatenate(coords, axis=0) if coords else np.zeros((0, 2), np.float32)
+    return xy if len(xy) else None
+
+
+def _crop(mask: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarray:
+    """``mask[..., top:top+h, left:left+w]`` of a ``1×H×W`` array, :data:`OUTSIDE_LOGIT` where that lies outside."""
+    out = np.full((*mask.shape[:-2], h, w), OUTSIDE_LOGIT, np.float32)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h, mask.shape[-2]), min(left + w, mask.shape[-1])
+    if y1 > y0 and x1 > x0:
+        out[..., y0 - top: y1 - top, x0 - left: x1 - left] = mask[..., y0:y1, x0:x1]
+    return out
+
+
+def _logits_key(logits: np.ndarray) -> bytes:
+    """Content key of one returned low-res logits map (a strided sample: cheap, and distinct predictions
+    differ in it)."""
+    a = np.ascontiguousarray(np.asarray(logits, dtype=np.float32)[..., ::4, ::4])
+    return hashlib.blake2b(a.tobytes() + str(np.shape(logits)[-2:]).encode(), digest_size=16).digest()

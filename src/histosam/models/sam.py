@@ -32,6 +32,13 @@ class ModelConfig:
         instance_decoder: ``None``, ``"unetr"`` (ConvTranspose, released micro-sam decoders), ``"unetr_interp"``
             (torch-em ≥ 0.7.10 bilinear variant) or ``"nano"``.
         mpp: working resolution in µm/px if the model was trained at one (nano: 0.25), else ``None``.
+        prompt_window: side in input-frame pixels of the embedding window in which
+            :class:`~histosam.inference.predictor.Predictor` decodes prompts for models without
+            ``resize_longest_side``: the patch size the mask decoder was trained on (histosam-nano: 256 px =
+            32×32 cells of its stride-8 embedding, the default, also for checkpoints saved before this field
+            existed). A multiple of the embedding stride; ``None`` (or a value ≥ ``image_size``) decodes on the
+            whole frame. Ignored by ``resize_longest_side`` models (SAM, micro-sam, PathoSAM), which were trained
+            on the whole frame.
         postprocess: AIS post-processing parameters that travel with the model.
         overrides: keyword overrides passed to the builder (small test models).
     """
@@ -42,6 +49,7 @@ class ModelConfig:
     resize_longest_side: bool = True
     instance_decoder: str | None = None
     mpp: float | None = None
+    prompt_window: int | None = 256
     postprocess: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
 
