@@ -115,6 +115,11 @@ class NanoInstanceDecoder(nn.Module):
 
     def forward(self, embedding: torch.Tensor, skips: list[torch.Tensor], image: torch.Tensor | None = None
                 ) -> torch.Tensor:
+        return torch.sigmoid(self.out_conv(self.features(embedding, skips, image)))
+
+    def features(self, embedding: torch.Tensor, skips: list[torch.Tensor], image: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """The 16-channel full-resolution features before the output convolution (``B×16×S×S``)."""
         s2, s4 = skips
         x = self.block8(self.reduce(embedding))
         x = F.interpolate(x, size=s4.shape[-2:], mode="bilinear", align_corners=False)
@@ -126,8 +131,36 @@ class NanoInstanceDecoder(nn.Module):
         if image is None:
             image = torch.zeros(x.shape[0], 3, *full, dtype=x.dtype, device=x.device)
         x = self.fuse1(torch.cat([x, image.to(x.dtype)], dim=1))
-        x = x + self.refine1(x)
-        return torch.sigmoid(self.out_conv(x))
+        return x + self.refine1(x)
+
+
+class NanoClassDecoder(NanoInstanceDecoder):
+    """PathoSAM's semantic decoder for histosam-nano: the instance decoder's architecture with one output channel
+    per class (background first), returning **logits** ``B×K×S×S`` (softmax over K gives class probabilities).
+    Initialised from the instance decoder (PathoSAM's "from the AIS decoder" strategy) by
+    :meth:`from_instance_decoder`."""
+
+    def __init__(self, class_names: tuple[str, ...] | list[str], embed_dim: int = 256,
+                 widths: tuple[int, int] = (24, 48)) -> None:
+        super().__init__(embed_dim, widths, out_channels=len(class_names))
+        self.class_names = tuple(class_names)
+
+    @property
+    def contract(self) -> HeadContract:  # type: ignore[override]
+        return HeadContract("classes", ("embedding", "skips", "frame"), self.class_names, needs_padded_frame=True)
+
+    def forward(self, embedding: torch.Tensor, skips: list[torch.Tensor], image: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.out_conv(self.features(embedding, skips, image))
+
+    @classmethod
+    def from_instance_decoder(cls, inst: NanoInstanceDecoder, class_names, widths: tuple[int, int]
+                              ) -> NanoClassDecoder:
+        """A class decoder whose trunk copies ``inst``'s weights (the output convolution starts fresh)."""
+        head = cls(class_names, widths=widths)
+        state = {k: v for k, v in inst.state_dict().items() if not k.startswith("out_conv.")}
+        head.load_state_dict(state, strict=False)
+        return head
 
 
 #: receptive field of histosam-nano's instance maps (encoder + instance decoder): an output pixel depends on input
