@@ -144,3 +144,21 @@ def test_version_1_files_still_load(tmp_path):
         assert set(model_roles(back)) == {"encoder", "masks", "instances"}
         for k, v in state.items():
             assert torch.equal(back.state_dict()[k], v)
+
+
+def test_class_head_travels_with_the_checkpoint(tmp_path):
+    """Class names and the class head's weights round-trip through histosam's format (role 'classes')."""
+    torch.manual_seed(3)
+    names = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
+    model = build_model("nano", class_names=names).eval()
+    assert model.contracts()["classes"].produces == tuple(names)
+    path = save_histosam(model, tmp_path / "typed.pt")
+    assert set(read_checkpoint(path)["roles"]) == {"encoder", "masks", "instances", "classes"}
+    back = load_model(path, device="cpu")
+    assert back.config.class_names == names
+    for k, v in model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    frame = model.preprocess(torch.rand(1, 3, 64, 64) * 255, pad_to=64)
+    with torch.no_grad():
+        emb, skips = back.encode(frame)
+        assert back.decode_classes(emb, skips, frame).shape == (1, len(names), 64, 64)

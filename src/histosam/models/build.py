@@ -27,8 +27,15 @@ def build_from_config(config: ModelConfig) -> SegmentAnything:
 
     builder = get_builder(config.architecture)
     kwargs = dict(config.overrides)
-    if "image_size" in inspect.signature(builder).parameters:  # builders whose frame is a free parameter
+    accepted = inspect.signature(builder).parameters
+    if "image_size" in accepted:  # builders whose frame is a free parameter
         kwargs.setdefault("image_size", config.image_size)
+    if getattr(config, "class_names", None):
+        if "class_names" not in accepted:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(f"the {config.architecture} architecture has no class head")
+        kwargs.setdefault("class_names", list(config.class_names))
     model = builder(instance_decoder=config.instance_decoder, **kwargs)
     model.config = config
     return model

@@ -169,9 +169,10 @@ NANO_RECEPTIVE_RADIUS = 213
 
 
 @register("nano", instance_head="nano", tiling=(1024, 224, 0))  # halo 224 >= the receptive radius
-def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, **overrides: Any):
+def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, class_names: list[str] | None = None,
+               **overrides: Any):
     """histosam-nano: convolutional encoder (stride 8) + SAM prompt encoder/mask decoder + nano instance decoder
-    (``instance_decoder``: ``"nano"`` or ``None``)."""
+    (``instance_decoder``: ``"nano"`` or ``None``) + optional class head (``class_names``, background first)."""
     from histosam.models.sam import ModelConfig, SegmentAnything
 
     if instance_decoder not in (None, "nano"):
@@ -180,5 +181,7 @@ def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, **o
     prompt, decoder = sam_prompt_heads(image_size, image_size // 8)
     inst = instance_head(instance_decoder, skip_widths=encoder.widths[:2])
     config = ModelConfig(architecture="nano", name="nano", image_size=image_size, resize_longest_side=False,
-                         instance_decoder=instance_decoder, mpp=0.25, overrides=dict(overrides))
-    return SegmentAnything(encoder, prompt, decoder, inst, config)
+                         instance_decoder=instance_decoder, mpp=0.25, class_names=list(class_names or []),
+                         overrides=dict(overrides))
+    classes = NanoClassDecoder(class_names, widths=encoder.widths[:2]) if class_names else None
+    return SegmentAnything(encoder, prompt, decoder, inst, config, class_decoder=classes)

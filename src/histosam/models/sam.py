@@ -1,4 +1,5 @@
-"""``SegmentAnything``: image encoder + prompt encoder + mask decoder (+ optional instance decoder).
+"""``SegmentAnything``: an image encoder plus named heads (:mod:`histosam.models.heads`): ``masks`` (SAM's prompt
+encoder + mask decoder) and an optional ``instances`` head (AIS maps); each head declares a contract.
 
 Stateless: it knows nothing of files, tiles or prompts in image coordinates. All coordinates here are in the
 model's **input frame**: the image after resizing (``resize_longest_side``) or at native resolution, padded at
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from histosam.models.heads import HeadContract, contract_of
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -39,6 +42,10 @@ class ModelConfig:
             existed). A multiple of the embedding stride; ``None`` (or a value ≥ ``image_size``) decodes on the
             whole frame. Ignored by ``resize_longest_side`` models (SAM, micro-sam, PathoSAM), which were trained
             on the whole frame.
+        tile, halo: the AIS engine's tile and halo in working pixels; ``None``: the architecture's registration
+            (:func:`histosam.models.registry.architecture_tiling`; nano 1024 + 2·224, SAM-family 384 + 2·64).
+        class_names: the class head's channels, background first (empty: no class head); class_colors: an RGB
+            triple per class name (QuPath's display colours).
         postprocess: AIS post-processing parameters that travel with the model.
         overrides: keyword overrides passed to the builder (small test models).
     """
@@ -50,6 +57,10 @@ class ModelConfig:
     instance_decoder: str | None = None
     mpp: float | None = None
     prompt_window: int | None = 256
+    tile: int | None = None
+    halo: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    class_colors: list[list[int]] = field(default_factory=list)
     postprocess: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -68,8 +79,10 @@ class SegmentAnything(nn.Module):
     checkpoint_path: str = ""  # the file it was loaded from (set by the loader)
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
-                 instance_decoder: nn.Module | None = None, config: ModelConfig | None = None) -> None:
+                 instance_decoder: nn.Module | None = None, config: ModelConfig | None = None,
+                 class_decoder: nn.Module | None = None) -> None:
         super().__init__()
+        self.class_decoder = class_decoder
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -140,6 +153,31 @@ class SegmentAnything(nn.Module):
                 "instance segmentation (AIS) needs a checkpoint with a decoder (e.g. a PathoSAM/micro-sam file "
                 "with 'decoder_state'); use mode='amg' instead"
             )
-        if self.config.instance_decoder == "nano":
-            return self.instance_decoder(embedding, skips, frame)
-        return self.instance_decoder(embedding)
+        inputs = {"embedding": embedding, "skips": skips, "frame": frame}
+        return self.instance_decoder(*(inputs[name] for name in contract_of(self.instance_decoder).consumes))
+
+    @property
+    def heads(self) -> dict[str, nn.Module]:
+        """The heads this model carries, by role (:data:`histosam.models.heads.ROLES`): ``masks`` (SAM's mask
+        decoder, fed by the prompt encoder) and ``instances`` when present."""
+        out: dict[str, nn.Module] = {"masks": self.mask_decoder}
+        if self.instance_decoder is not None:
+            out["instances"] = self.instance_decoder
+        if self.class_decoder is not None:
+            out["classes"] = self.class_decoder
+        return out
+
+    def decode_classes(self, embedding: torch.Tensor, skips: list[torch.Tensor],
+                       frame: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``B×K×S×S`` in the padded input frame (K = ``len(config.class_names)``, background first;
+        softmax over K gives probabilities)."""
+        if self.class_decoder is None:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(f"model {self.config.name or self.config.architecture!r} has no class head")
+        inputs = {"embedding": embedding, "skips": skips, "frame": frame}
+        return self.class_decoder(*(inputs[name] for name in contract_of(self.class_decoder).consumes))
+
+    def contracts(self) -> dict[str, HeadContract]:
+        """Each head's :class:`~histosam.models.heads.HeadContract`, by role."""
+        return {role: contract_of(head) for role, head in self.heads.items()}

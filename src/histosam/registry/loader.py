@@ -103,6 +103,11 @@ def apply_role(model: SegmentAnything, role: str, state: dict[str, torch.Tensor]
             raise CheckpointError(f"{source} holds an instance decoder, but model {model.config.name!r} has no slot "
                                   "for one (its configuration names no instance decoder)")
         _load_strict(model.instance_decoder, state, f"{source} (instance decoder)")
+    elif role == "classes":
+        if model.class_decoder is None:
+            raise CheckpointError(f"{source} holds a class head, but model {model.config.name!r} has no slot for one "
+                                  "(its configuration names no classes)")
+        _load_strict(model.class_decoder, state, f"{source} (class head)")
     else:
         raise CheckpointError(f"{source}: this histosam cannot attach a {role!r} head yet")
 
@@ -135,10 +140,13 @@ def model_from_contents(contents: formats.CheckpointContents, name: str = "",
         if "encoder" not in roles or "masks" not in roles:
             raise CheckpointError(f"{name!r} holds only the {sorted(roles)} weights of a model; register it as an "
                                   "extra file of a registry entry, or load the full model first")
-        _load_strict(model, {**(contents.sam_state or {}), **{f"instance_decoder.{k}": v for k, v in
-                                                       (contents.decoder_state or {}).items()}}, f"model {name!r}")
-        for role, state in contents.other_roles.items():
-            apply_role(model, role, state, name)
+        full: dict[str, torch.Tensor] = dict(contents.sam_state or {})
+        for role, state in [("instances", contents.decoder_state or {}), *contents.other_roles.items()]:
+            prefix = formats.ROLE_PREFIXES.get(role, (None,))[0]
+            if prefix is None:
+                raise CheckpointError(f"{name!r}: this histosam cannot attach a {role!r} head yet")
+            full.update({f"{prefix}{k}": v for k, v in state.items()})
+        _load_strict(model, full, f"model {name!r}")
     else:
         if contents.sam_state is None:
             raise CheckpointError(f"{name!r} holds only an instance decoder; load it together with its encoder "
