@@ -22,8 +22,9 @@ MAX_BATCH_PIXELS = 4 * 1024 * 1024
 
 
 def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: torch.device | str | None = None,
-                          precision: str = "auto", encoder_batch: int = 4) -> np.ndarray:
-    """Instance-decoder maps for a batch of tiles.
+                          precision: str = "auto", encoder_batch: int = 4, with_classes: bool = False
+                          ) -> np.ndarray:
+    """Instance-decoder maps for a batch of tiles (and, ``with_classes``, the class head's probabilities).
 
     Args:
         model: a model with an instance decoder.
@@ -33,8 +34,10 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
         precision: see :func:`histosam.inference.runtime.resolve_precision`.
         encoder_batch: tiles encoded together at most; fewer when the frames are large, so that one forward
             pass holds at most ``MAX_BATCH_PIXELS`` input pixels (bounds the activation memory of big tiles).
+        with_classes: append the class head's softmax probabilities (K channels, background first).
     Returns:
-        float32 ``B×3×h×w`` in [0, 1]: channel 0 foreground, 1 centre distance, 2 boundary distance.
+        float32 ``B×3×h×w`` in [0, 1]: channel 0 foreground, 1 centre distance, 2 boundary distance; with
+        ``with_classes`` ``B×(3+K)×h×w``.
 
     The UNETR decoder of micro-sam models runs **one tile at a time**: its BatchNorm uses the statistics of the
     current batch (micro-sam parity), so batching tiles would make results depend on the batch.
@@ -58,7 +61,12 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
         frame = (-(-h // 16) * 16, -(-w // 16) * 16)
     contract = contract_of(model.instance_decoder)
     per_tile_decoder = contract.batch_dependent  # batch statistics: one tile at a time (micro-sam's results)
-    out = np.empty((b, contract.channels, h, w), dtype=np.float32)
+    n_classes = 0
+    if with_classes:
+        if model.class_decoder is None:
+            model.decode_classes(None, [])  # raises the explanatory CheckpointError
+        n_classes = contract_of(model.class_decoder).channels
+    out = np.empty((b, contract.channels + n_classes, h, w), dtype=np.float32)
     step = max(1, min(encoder_batch, MAX_BATCH_PIXELS // (frame[0] * frame[1])))
     for start in range(0, b, step):
         chunk = tiles[start: start + step]
@@ -73,6 +81,9 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
                                   for i in range(emb.shape[0])])
             else:
                 maps = model.decode_instances(emb, skips, x)
+            if n_classes:
+                probs = torch.softmax(model.decode_classes(emb, skips, x).float(), dim=1)
+                maps = torch.cat([maps.float(), probs], dim=1)
         maps = maps.float()[..., : input_size[0], : input_size[1]]
         if input_size != (h, w):
             maps = torch.nn.functional.interpolate(maps, (h, w), mode="bilinear", align_corners=False)
@@ -81,12 +92,13 @@ def predict_instance_maps(model: SegmentAnything, tiles: np.ndarray, device: tor
 
 
 def make_map_predictor(model: SegmentAnything, device: torch.device | str | None = None, precision: str = "auto",
-                       encoder_batch: int = 4) -> Callable[[np.ndarray], np.ndarray]:
-    """A ``predict_maps(tiles_uint8 B×h×w×3) -> float32 B×3×h×w`` callable for the tiling engine."""
+                       encoder_batch: int = 4, with_classes: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """A ``predict_maps(tiles_uint8 B×h×w×3) -> float32 B×C×h×w`` callable for the tiling engine (C = 3, or 3 + K
+    class probabilities ``with_classes``)."""
     dev = resolve_device(device) if device is not None else model.device
     model = prepare_for_inference(model, dev)
 
     def predict_maps(tiles: np.ndarray) -> np.ndarray:
-        return predict_instance_maps(model, tiles, dev, precision, encoder_batch)
+        return predict_instance_maps(model, tiles, dev, precision, encoder_batch, with_classes)
 
     return predict_maps

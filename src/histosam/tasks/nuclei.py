@@ -130,19 +130,28 @@ class NucleiJob:
     engine: dict[str, Any]
     batch_size: int
     predict_maps: PredictMaps
+    #: class names of the class head whose probabilities follow the 3 AIS maps (empty: no classes)
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return 3 + len(self.class_names)
 
     def settings(self) -> dict[str, Any]:
         """JSON-able record of the decisions (provenance)."""
         return {"tile": self.tile, "halo": self.halo, "chunk": self.chunk, "resample_factor": self.factor,
-                "working_shape": list(self.work_shape), "ais": self.ais.to_dict(), "engine": dict(self.engine)}
+                "working_shape": list(self.work_shape), "ais": self.ais.to_dict(), "engine": dict(self.engine),
+                "classes": list(self.class_names)}
 
 
 def plan_nuclei(model: Any, shape: tuple[int, int], mpp: float | None = None, *, tile: int | None = None,
                 halo: int | None = None, chunk: int = 1024, batch_size: int = 4, device: str | None = None,
                 precision: str = "auto", params: dict[str, Any] | None = None,
-                predict_maps: PredictMaps | None = None) -> NucleiJob:
+                predict_maps: PredictMaps | None = None, classes: bool | None = None) -> NucleiJob:
     """Decide resampling, tiling and parameters for an input image of ``shape`` at ``mpp`` and check the limits.
 
+    ``classes``: also predict the class head's probabilities (each chunk result then carries every nucleus'
+    mean class probabilities); ``None``: when the model has a class head.
     ``model=None`` with a ``predict_maps`` runs the engine on that predictor at the input resolution (tests,
     benchmarks). Raises :class:`~histosam.errors.HistosamError` subclasses for bad options or sizes."""
     params = dict(params or {})
@@ -157,12 +166,20 @@ def plan_nuclei(model: Any, shape: tuple[int, int], mpp: float | None = None, *,
     work_shape = (max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))) if factor != 1.0 else \
         tuple(shape)
     d_tile, d_halo = default_tiling(model, work_shape) if model is not None else (384, 64)
+    has_head = model is not None and getattr(model, "class_decoder", None) is not None
+    if classes and not has_head:
+        from histosam.errors import CheckpointError
+
+        raise CheckpointError("this model has no class head: typed nuclei need a model with one")
+    with_classes = has_head if classes is None else bool(classes)
+    names = tuple(model.config.class_names) if with_classes else ()
     if predict_maps is None:
         from histosam.inference.maps import make_map_predictor
 
-        predict_maps = make_map_predictor(model, device, precision, encoder_batch=batch_size)
+        predict_maps = make_map_predictor(model, device, precision, encoder_batch=batch_size,
+                                          with_classes=with_classes)
     return NucleiJob(factor, (int(work_shape[0]), int(work_shape[1])), tile or d_tile,
-                     d_halo if halo is None else halo, chunk, ais, engine, batch_size, predict_maps)
+                     d_halo if halo is None else halo, chunk, ais, engine, batch_size, predict_maps, names)
 
 
 def iter_nuclei_chunks(job: NucleiJob, work: np.ndarray) -> Iterator[Any]:
@@ -174,7 +191,8 @@ def iter_nuclei_chunks(job: NucleiJob, work: np.ndarray) -> Iterator[Any]:
         return work[r0: r0 + h, c0: c0 + w]
 
     return iter_ais_chunks(read_region, job.work_shape, job.predict_maps, tile=job.tile, halo=job.halo,
-                           chunk=job.chunk, params=job.ais, batch_size=job.batch_size, **job.engine)
+                           chunk=job.chunk, params=job.ais, batch_size=job.batch_size, channels=job.channels,
+                           **job.engine)
 
 
 def segment_nuclei(rgb: np.ndarray, model: Any, mpp: float | None = None, **options: Any) -> np.ndarray:
@@ -182,6 +200,7 @@ def segment_nuclei(rgb: np.ndarray, model: Any, mpp: float | None = None, **opti
     1..N. ``options`` are :func:`plan_nuclei`'s keyword arguments."""
     from histosam.tiling.engine import segment_array
 
+    options.setdefault("classes", False)  # labels only: the class head is not run
     job = plan_nuclei(model, rgb.shape[:2], mpp, **options)
     work = resample_rgb(rgb, job.factor) if job.factor != 1.0 else rgb
     labels = segment_array(work, job.predict_maps, tile=job.tile, halo=job.halo, chunk=job.chunk, params=job.ais,
@@ -198,7 +217,7 @@ def nuclei_maps(model: Any, rgb: np.ndarray, mpp: float | None = None, *, precis
     from histosam.tiling.grid import Box, TileGrid
     from histosam.tiling.maps import MapAssembler
 
-    job = plan_nuclei(model, rgb.shape[:2], mpp, precision=precision, device=device)
+    job = plan_nuclei(model, rgb.shape[:2], mpp, precision=precision, device=device, classes=False)
     work = resample_rgb(rgb, job.factor) if job.factor != 1.0 else rgb
     h, w = job.work_shape
     asm = MapAssembler(TileGrid((h, w), job.tile, job.halo), lambda r, c, hh, ww: work[r:r + hh, c:c + ww],

@@ -89,6 +89,8 @@ class ChunkResult:
     context: int
     n_incomplete: int = 0
     scores: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    #: float32 n×K mean class probabilities of each object (maps with a class head's channels), else ``None``
+    class_probs: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -125,13 +127,13 @@ def postprocess_chunk(
     """Post-process one chunk; returns ``(result, n_incomplete_owned)``.
 
     Args:
-        maps: float32 3×h×w stitched maps on ``maps_box`` (must contain ``read_box`` ± smoothing radius,
-            clipped to the image).
+        maps: float32 C×h×w stitched maps on ``maps_box`` (must contain ``read_box`` ± smoothing radius,
+            clipped to the image): the 3 AIS maps, then (C > 3) class probabilities averaged per object.
         read_box: region R the watershed runs on; ``write_box`` ⊂ R: the chunk that owns objects.
         image_shape: (H, W) of the whole image (to tell image borders from cut borders).
     The result keeps incomplete owned objects too (counted in ``n_incomplete``); callers decide.
     """
-    fg, cd, bd = smooth_maps(maps, params)
+    fg, cd, bd = smooth_maps(maps[:3], params)  # the AIS maps; further channels are class probabilities
     crop = read_box.local_to(maps_box)
     seg, fg_mask = watershed_from_smoothed(fg[crop], cd[crop], bd[crop], params)
     r_off, c_off = read_box.r0, read_box.c0
@@ -191,6 +193,13 @@ def postprocess_chunk(
     fg_raw = maps[0][crop]
     fg_sums = np.bincount(seg.ravel(), weights=fg_raw.ravel().astype(np.float64), minlength=len(slices) + 1)
     scores = (fg_sums[ids_a] / np.maximum(counts[ids_a], 1)).astype(np.float32)
+    class_probs = None
+    if maps.shape[0] > 3:  # a class head's probabilities: mean over each object's pixels (unsmoothed)
+        flat = seg.ravel()
+        class_probs = np.stack([
+            np.bincount(flat, weights=maps[c][crop].ravel().astype(np.float64), minlength=len(slices) + 1)[ids_a]
+            for c in range(3, maps.shape[0])], axis=1) / np.maximum(counts[ids_a], 1)[:, None]
+        class_probs = class_probs.astype(np.float32)
     shift = np.array([r_off, c_off, r_off, c_off], np.int64)
     result = ChunkResult(
         index=index,
@@ -203,6 +212,7 @@ def postprocess_chunk(
         context=context,
         n_incomplete=int(inc.sum()),
         scores=scores,
+        class_probs=class_probs,
     )
     return result, n_inc
 
@@ -223,13 +233,15 @@ def iter_ais_chunks(
     on_incomplete: str = "enlarge",
     max_context: int | None = None,
     cache_mb: float = 1024.0,
+    channels: int = 3,
 ) -> Iterator[ChunkResult]:
     """Yield one :class:`ChunkResult` per chunk (raster order) of an image of ``shape`` (H, W).
 
     Memory is bounded by the chunk (maps on ``(chunk + 2·context + 2·r)²`` px) plus the tile cache
     (``cache_mb``); the image is only read through ``read_region``. See the module docstring for
     ownership, exactness, ``completeness`` and ``on_incomplete``. ``max_context`` defaults to
-    ``max(8 * context, 1024)``.
+    ``max(8 * context, 1024)``. ``channels``: what ``predict_maps`` returns per tile (3 AIS maps, then a class
+    head's probabilities: each result then carries every object's mean class probabilities).
     """
     if not isinstance(params, AISParams):
         params = AISParams.from_dict(params)
@@ -253,6 +265,7 @@ def iter_ais_chunks(
         tile_filter=tile_filter,
         schedule=boxes,
         cache_mb=cache_mb,
+        channels=channels,
     )
     for ch in chunks:
         ctx = context

@@ -11,7 +11,8 @@ normalisation such as train-mode BatchNorm, see §0.1 of the internals note).
 
 Callables (all arrays (row, col)):
 - ``read_region(row0, col0, h, w) -> uint8 h×w×3`` RGB pixels of the image.
-- ``predict_maps(tiles: uint8 B×h×w×3) -> float32 B×3×h×w`` (fg, centre distance, boundary distance).
+- ``predict_maps(tiles: uint8 B×h×w×3) -> float32 B×C×h×w``: fg, centre distance, boundary distance, then (C > 3)
+  the class probabilities of a class head (background class first).
   All tiles of one call have the same shape; edge tiles (clipped outer boxes) come in their own batches.
 - ``tile_filter(outer: Box) -> bool`` (optional): False means "no tissue": the tile is neither read nor
   predicted and its maps are background (fg 0, distances 1).
@@ -58,10 +59,17 @@ class MapAssembler:
         tile_filter: TileFilter | None = None,
         schedule: Sequence[Box] = (),
         cache_mb: float = 1024.0,
+        channels: int = 3,
     ) -> None:
+        if channels < 3:
+            raise ParameterError(f"channels must be >= 3 (the AIS maps first), got {channels}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ParameterError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.grid = grid
+        self.channels = int(channels)
+        #: the value of each channel on a skipped (background) tile: the AIS maps' background, then the class
+        #: probabilities of a class head (background class 1, the others 0)
+        self.background = BACKGROUND_MAPS + ((1.0,) + (0.0,) * (self.channels - 4) if self.channels > 3 else ())
         self.read_region = read_region
         self.predict_maps = predict_maps
         self.batch_size = batch_size
@@ -101,10 +109,10 @@ class MapAssembler:
                 batch = members[k : k + self.batch_size]
                 images = np.stack([self._read(self.grid[t].outer) for t in batch])
                 out = np.asarray(self.predict_maps(images))
-                if out.shape != (len(batch), 3) + shape or not np.issubdtype(out.dtype, np.floating):
+                if out.shape != (len(batch), self.channels) + shape or not np.issubdtype(out.dtype, np.floating):
                     raise ParameterError(
                         f"predict_maps returned {out.dtype} {out.shape} for input {images.shape}, "
-                        f"expected float {(len(batch), 3) + shape}"
+                        f"expected float {(len(batch), self.channels) + shape}"
                     )
                 self.predict_calls += 1
                 for b, t in enumerate(batch):
@@ -116,19 +124,20 @@ class MapAssembler:
 
     # -- assembly -------------------------------------------------------------------------------------
     def maps_for(self, box: Box, step: int | None = None) -> np.ndarray:
-        """Stitched maps ``float32 3×h×w`` on ``box``; ``step`` (index into the schedule) drives eviction."""
+        """Stitched maps ``float32 C×h×w`` on ``box`` (C = ``channels``); ``step`` (index into the schedule) drives
+        eviction."""
         needed = self.grid.tiles_covering(box)
         missing = [t for t in needed if t not in self._cache]
         if missing:
             self._predict(missing)
-        out = np.empty((3,) + box.shape, dtype=np.float32)
+        out = np.empty((self.channels,) + box.shape, dtype=np.float32)
         for t in needed:
             inner = self.grid[t].inner
             part = inner.intersect(box)
             dst = (slice(None),) + part.local_to(box)
             maps = self._cache[t]
             if maps is None:
-                for c, v in enumerate(BACKGROUND_MAPS):
+                for c, v in enumerate(self.background):
                     out[(c,) + dst[1:]] = v
             else:
                 out[dst] = maps[(slice(None),) + part.local_to(inner)]

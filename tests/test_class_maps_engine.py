@@ -1,0 +1,62 @@
+"""Class probabilities through the streaming engine: each nucleus' mean class probabilities equal the mean of the
+class maps over its pixels, whatever the tiling (tiles, chunks) and with skipped background tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histosam.tiling.engine import iter_ais_chunks
+from histosam.wsi.fake import colour_threshold_maps
+
+K = 3
+
+
+def _image(h=300, w=340, seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), (230, 170, 205), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(40):
+        cy, cx, r = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.uniform(4, 8)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = (90, 40, 140)
+    return img
+
+
+def _class_probs(tile: np.ndarray) -> np.ndarray:
+    """A deterministic per-pixel class distribution from the pixel's position-free colour (tile-invariant)."""
+    x = tile.astype(np.float32) / 255.0
+    logits = np.stack([x[..., 0] * 3, x[..., 1] * 2 + 0.5, x[..., 2] * 1.5], axis=0)
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)
+
+
+def predict_with_classes(tiles: np.ndarray) -> np.ndarray:
+    maps = colour_threshold_maps(tiles)
+    return np.concatenate([maps, np.stack([_class_probs(t) for t in tiles])], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("tile,halo,chunk", [(128, 32, 100), (256, 32, 512), (96, 24, 64)])
+def test_mean_class_probabilities_per_nucleus(tile, halo, chunk):
+    img = _image()
+    full_probs = _class_probs(img)
+    n = 0
+    for res in iter_ais_chunks(lambda r, c, h, w: img[r:r + h, c:c + w], img.shape[:2], predict_with_classes,
+                               tile=tile, halo=halo, chunk=chunk, channels=3 + K, context=32):
+        if res.n == 0:
+            continue
+        assert res.class_probs.shape == (res.n, K)
+        r0, c0 = res.offset
+        h, w = res.labels.shape
+        for i in range(res.n):
+            m = res.labels == i + 1
+            expect = full_probs[:, r0:r0 + h, c0:c0 + w][:, m].mean(axis=1)
+            np.testing.assert_allclose(res.class_probs[i], expect, rtol=1e-5, atol=1e-6)
+        n += res.n
+    assert n > 20
+
+
+def test_three_channels_carry_no_class_probabilities():
+    img = _image()
+    res = [r for r in iter_ais_chunks(lambda r, c, h, w: img[r:r + h, c:c + w], img.shape[:2],
+                                      colour_threshold_maps, tile=128, halo=32, chunk=128) if r.n]
+    assert res and all(r.class_probs is None for r in res)
