@@ -60,3 +60,31 @@ def test_three_channels_carry_no_class_probabilities():
     res = [r for r in iter_ais_chunks(lambda r, c, h, w: img[r:r + h, c:c + w], img.shape[:2],
                                       colour_threshold_maps, tile=128, halo=32, chunk=128) if r.n]
     assert res and all(r.class_probs is None for r in res)
+
+
+def test_typed_nuclei_recipe_with_a_class_head(example_image):
+    """segment_typed_nuclei: the labels equal histosam.segment's, every nucleus has a class in 1..K-1, and the
+    probabilities are per nucleus (the shipped model with an untrained class head; also through resampling)."""
+    import torch
+
+    import histosam
+    from histosam.models.nano import NanoClassDecoder
+    from histosam.tasks.nuclei import segment_typed_nuclei
+
+    torch.manual_seed(0)
+    names = ["background", "a", "b"]
+    model = histosam.load_model("histosam-nano", device="cpu")
+    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
+                                                                 tuple(model.image_encoder.widths[:2])).eval()
+    model.config.class_names = names
+    img = np.ascontiguousarray(example_image[:240, :260])
+    for mpp in (0.25, 0.5):
+        typed = segment_typed_nuclei(img, model, mpp, precision="fp32")
+        ref = histosam.segment(img, model=model, mpp=mpp, precision="fp32")
+        np.testing.assert_array_equal(typed.labels, ref)
+        n = int(typed.labels.max())
+        assert n > 10
+        assert typed.probabilities.shape == (n, len(names)) and typed.classes.shape == (n,)
+        assert set(typed.classes.tolist()) <= {1, 2}
+        np.testing.assert_allclose(typed.probabilities.sum(1), 1.0, atol=1e-4)
+        assert sum(typed.counts().values()) == n

@@ -21,7 +21,7 @@ from histosam.postprocess.ais import AISParams
 
 __all__ = ["AIS_KEYS", "NucleiJob", "resolve_model", "default_tiling", "rescale_factor", "resample_rgb",
            "resample_labels", "split_params", "check_job", "plan_nuclei", "iter_nuclei_chunks", "segment_nuclei",
-           "nuclei_maps"]
+           "nuclei_maps", "TypedNuclei", "segment_typed_nuclei"]
 
 AIS_KEYS = frozenset(AISParams.__dataclass_fields__)
 
@@ -223,3 +223,54 @@ def nuclei_maps(model: Any, rgb: np.ndarray, mpp: float | None = None, *, precis
     asm = MapAssembler(TileGrid((h, w), job.tile, job.halo), lambda r, c, hh, ww: work[r:r + hh, c:c + ww],
                        job.predict_maps)
     return asm.maps_for(Box(0, 0, h, w)), job.factor
+
+
+@dataclasses.dataclass
+class TypedNuclei:
+    """Labels with a class per nucleus.
+
+    Attributes:
+        labels: uint32 ``H×W`` in the input frame, ids 1..N.
+        class_names: the class head's names, background first.
+        classes: int64 ``(N,)`` class index of nucleus ``i + 1`` in ``1..K-1`` (the argmax of its mean
+            probabilities over the nucleus classes: AIS decided it is a nucleus, the head types it).
+        probabilities: float32 ``(N, K)`` mean class probabilities (background included, for flagging).
+    """
+
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    classes: np.ndarray
+    probabilities: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        """Nuclei per class name (every nucleus class listed)."""
+        return {name: int((self.classes == k).sum()) for k, name in enumerate(self.class_names) if k > 0}
+
+
+def segment_typed_nuclei(rgb: np.ndarray, model: Any, mpp: float | None = None, **options: Any) -> TypedNuclei:
+    """The recipe with the model's class head: labels (input frame) plus each nucleus' class and probabilities.
+    ``options`` are :func:`plan_nuclei`'s keyword arguments."""
+    from histosam.tiling.engine import paste_chunk
+
+    job = plan_nuclei(model, rgb.shape[:2], mpp, classes=True, **options)
+    work = resample_rgb(rgb, job.factor) if job.factor != 1.0 else rgb
+    labels = np.zeros(job.work_shape, np.uint32)
+    probs: list[np.ndarray] = []
+    n = 0
+    for res in iter_nuclei_chunks(job, work):
+        if res.n == 0:
+            continue
+        paste_chunk(labels, res, n)
+        probs.append(res.class_probs)
+        n += res.n
+    k = len(job.class_names)
+    p = np.concatenate(probs).astype(np.float32) if probs else np.zeros((0, k), np.float32)
+    if job.factor != 1.0:
+        from skimage.segmentation import relabel_sequential
+
+        labels = resample_labels(labels, rgb.shape[:2])
+        labels, fw, _ = relabel_sequential(labels)  # nuclei lost when downsampling drop out with their rows
+        old_ids = np.asarray(fw.in_values)
+        p = p[old_ids[old_ids > 0] - 1]  # new id j is old id old_ids[j], in order
+    classes = 1 + np.argmax(p[:, 1:], axis=1) if len(p) else np.zeros(0, np.int64)
+    return TypedNuclei(labels.astype(np.uint32, copy=False), job.class_names, classes.astype(np.int64), p)
