@@ -68,3 +68,42 @@ def test_type_stats_on_label_images():
     assert (stats.tp, stats.fp, stats.fn) == (1, 1, 1)
     # type 4: the pair is a TN, its true and predicted nuclei are both unpaired: 2 / (2 + 1 + 1)
     assert stats.f_c(3) == pytest.approx(1.0) and stats.f_c(4) == pytest.approx(0.5)
+
+
+def test_evaluate_task_classes_end_to_end(tmp_path, example_image):
+    """`histosam evaluate --task classes` on a folder with class maps: per-image and pooled F scores, mPQ and the
+    confusion table in the report (the shipped model with an untrained class head, saved in histosam's format)."""
+    import tifffile
+    import torch
+    from PIL import Image
+
+    import histosam
+    from histosam.cli.main import main
+    from histosam.models.nano import NanoClassDecoder
+    from histosam.registry.formats import save_histosam
+
+    torch.manual_seed(0)
+    names = ["background", "other", "inflammatory"]
+    model = histosam.load_model("histosam-nano", device="cpu")
+    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
+                                                                 tuple(model.image_encoder.widths[:2]))
+    model.config.class_names = names
+    path = save_histosam(model, tmp_path / "typed.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    img = np.ascontiguousarray(example_image[:200, :220])
+    labels = histosam.segment(img, model=model, mpp=0.5)
+    classes = np.where(labels > 0, 1 + (labels % 2), 0).astype(np.uint8)
+    Image.fromarray(img).save(data / "a.png")
+    tifffile.imwrite(data / "a_label.tif", labels.astype(np.uint16))
+    tifffile.imwrite(data / "a_class.tif", classes)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--task", "classes", "--model", str(path), "--mpp", "0.5",
+                 "-o", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "pooled F_d" in report and "F_inflammatory" in report and "Confusion of paired nuclei" in report
+    # the prediction is the ground truth's own segmentation: every nucleus pairs
+    import csv
+
+    rows = list(csv.DictReader((out / "classes.csv").open()))
+    assert float(rows[0]["F_d"]) == pytest.approx(1.0)

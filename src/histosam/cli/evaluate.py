@@ -16,7 +16,7 @@ import numpy as np
 
 from histosam.cli.options import add_model_options, add_mpp_option
 
-TASKS = ("ais", "amg", "point", "box", "iterative", "clicks", "baseline")
+TASKS = ("ais", "amg", "point", "box", "iterative", "clicks", "baseline", "classes")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -79,7 +79,8 @@ def _auto_scores(gt, pred, relabel: bool) -> dict:
 
 
 #: columns of the per-image Markdown table (the CSV has all)
-MD_COLUMNS = ("image", "n_gt", "n_pred", "mSA", "SA50", "SA75", "PQ", "AJI", "point", "box", "I_P", "I_B",
+MD_COLUMNS = ("image", "n_gt", "n_pred", "mSA", "SA50", "SA75", "PQ", "AJI", "F_d", "mPQ", "point", "box", "I_P",
+              "I_B",
               "NoC@80", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "SPC", "mIoU@1", "seconds")
 
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     rows, extra = [], {}
     t_start = time.perf_counter()
     for k, s in enumerate(samples, 1):
-        image, gt, _ = load_sample(s)
+        image, gt, gt_classes = load_sample(s)
         t0 = time.perf_counter()
         row = {"image": s.id}
         if args.task in ("baseline", "ais", "amg"):
@@ -120,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 pred = histosam.segment(image, model=model, mode=args.task, mpp=args.mpp, device=args.device,
                                         precision=args.precision)
             row |= _auto_scores(gt, np.asarray(pred), args.relabel_gt)
+        elif args.task == "classes":
+            row |= _classes(model, image, gt, gt_classes, s.id, args, extra)
         elif args.task in ("point", "box", "iterative"):
             row |= _interactive(predictor, image, gt, args, extra)
         else:
@@ -128,16 +131,56 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         key = "mSA" if "mSA" in row else next(iter(k for k in row if k not in ("image",)))
         print(f"[{k}/{len(samples)}] {s.id}: {key}={row[key]:.4f} ({row['seconds']:.1f}s)", file=sys.stderr)
-    tables = R.write_tables(rows, out, args.task, md_columns=MD_COLUMNS)
+    tables = R.write_tables(rows, out, args.task, md_columns=None if args.task == "classes" else MD_COLUMNS)
     _plots(args, rows, extra, out)
     model_name = "-" if model is None else getattr(getattr(model, "config", None), "name", args.model)
+    if "type_stats" in extra:  # HoVer-Net's statistics over all images (counts summed, as HoVer-Net reports them)
+        stats, names = extra["type_stats"], extra["class_names"]
+        pooled = {"image": "all (pooled)", "F_d": stats.f_d,
+                  **{f"F_{names[k]}": stats.f_c(k) for k in range(1, len(names))}}
+        tables["mean"] = {**tables["mean"], **{f"pooled {k}": v for k, v in pooled.items() if k != "image"}}
+        conf = ["| true \\ predicted | " + " | ".join(names[1:]) + " |", "|---" * len(names) + "|"]
+        conf += [f"| {names[i + 1]} | " + " | ".join(str(int(v)) for v in row) + " |"
+                 for i, row in enumerate(stats.confusion)]
+        tables["md"] += "\n\n## Confusion of paired nuclei (HoVer-Net pairing)\n\n" + "\n".join(conf)
     _write_report(args, out, tables, len(samples), time.perf_counter() - t_start, model_name)
     mean = tables["mean"]
     shown = [c for c in ("mSA", "SA50", "PQ", "AJI", "point", "box", "I_P", "I_B", "NoC@85", "NoC@90",
                          "NoF@90", "SPC") if c in mean]
+    shown += [c for c in mean if c.startswith("pooled ") or c == "mPQ"]
     print(" ".join(f"{c}={mean[c]:.4f}" for c in shown))
     print(f"wrote {out / 'report.md'}")
     return 0
+
+
+def _classes(model, image, gt, gt_classes, sample_id: str, args, extra) -> dict:
+    """Typed nuclei against a per-pixel class map: HoVer-Net's F_d / F_c (pairing radius 12 px at 0.25 µm/px,
+    scaled with --mpp; counts summed over images in ``extra["type_stats"]``) and PQ / mPQ per image."""
+    from histosam.errors import DatasetError
+    from histosam.evaluation import metrics as M
+    from histosam.evaluation.classes import TypeStats, hovernet_radius, instance_centroids, instance_types
+    from histosam.tasks.nuclei import segment_typed_nuclei
+
+    if gt_classes is None:
+        raise DatasetError(f"{sample_id}: no <id>_class.tif: --task classes needs a class map per image")
+    typed = segment_typed_nuclei(image, model, args.mpp, device=args.device, precision=args.precision)
+    names = typed.class_names
+    stats = extra.setdefault("type_stats", TypeStats(tuple(range(1, len(names)))))
+    extra["class_names"] = names
+    t_ids, t_xy = instance_centroids(gt)
+    p_ids, p_xy = instance_centroids(typed.labels)
+    one = TypeStats(tuple(range(1, len(names))))
+    for acc in (stats, one):
+        acc.add(t_xy, instance_types(gt, gt_classes, t_ids), p_xy, typed.classes[p_ids - 1],
+                hovernet_radius(args.mpp))
+    lut = np.zeros(int(typed.labels.max()) + 1, np.int64)
+    lut[1:] = typed.classes
+    mpq, per = M.multiclass_pq(gt, gt_classes, typed.labels, lut[typed.labels], classes=range(1, len(names)))
+    row = {"n_gt": len(t_ids), "n_pred": len(p_ids), "F_d": one.f_d, "mPQ": mpq}
+    for k in range(1, len(names)):
+        row[f"F_{names[k]}"] = one.f_c(k)
+        row[f"PQ_{names[k]}"] = per.get(k, float("nan"))
+    return row
 
 
 def _interactive(predictor, image, gt, args, extra) -> dict:

@@ -103,9 +103,14 @@ class TypeStats:
     fn: int = 0
     per_class: dict[int, dict[str, int]] = field(default_factory=dict)
 
+    #: paired nuclei: confusion[i][j] counts true class ``classes[i]`` predicted as ``classes[j]``
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+
     def __post_init__(self) -> None:
         for t in self.classes:
             self.per_class.setdefault(t, {"tp_c": 0, "tn_c": 0, "fp_c": 0, "fn_c": 0, "fp_d": 0, "fn_d": 0})
+        if self.confusion.size == 0:
+            self.confusion = np.zeros((len(self.classes), len(self.classes)), np.int64)
 
     def add(self, true_xy: np.ndarray, true_types: np.ndarray, pred_xy: np.ndarray, pred_types: np.ndarray,
             radius: float = HOVERNET_RADIUS_PX) -> None:
@@ -119,6 +124,10 @@ class TypeStats:
         self.fn += int((~paired_t).sum())
         self.fp += int((~paired_p).sum())
         tt, pt = true_types[pairs[:, 0]], pred_types[pairs[:, 1]]
+        index = {t: i for i, t in enumerate(self.classes)}
+        for a, b in zip(tt.tolist(), pt.tolist()):
+            if a in index and b in index:
+                self.confusion[index[a], index[b]] += 1
         for t, c in self.per_class.items():
             c["tp_c"] += int(((tt == t) & (pt == t)).sum())
             c["tn_c"] += int(((tt != t) & (pt != t)).sum())
