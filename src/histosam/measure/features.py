@@ -1,16 +1,30 @@
-"""Per-instance measurements from a label image (or a label crop with an offset).
+"""Per-instance measurements from a label image (or a label crop with an offset): histosam's one measurement set.
 
-Columns of :func:`measure_instances` (one row per id > 0, in id order):
+:func:`measure_objects` is what images, slides and the server's outlines share (the convention is stated in
+:mod:`histosam.measure`); :func:`measure_instances` is its table alone. Objects are measured on the mask they
+were segmented on (the *measurement frame*: the model's working resolution); ``scale`` (output pixels per
+measurement pixel, a number or a (row, col) pair) maps positions and lengths to the *output frame* (the image's
+own pixels; a slide's level-0 pixels) and ``mpp`` is µm per output pixel.
 
-- ``id``: label id (+ ``id_offset``);
-- ``centroid_x``, ``centroid_y``: image pixels, pixel (r, c) centred at ``(c + 0.5, r + 0.5)`` (same frame as
-  :mod:`histosam.measure.polygons`); ``centroid_x_um``, ``centroid_y_um`` when ``mpp`` is given;
-- ``area_px``, ``area_um2`` (if mpp); ``perimeter_px`` (skimage ``perimeter``, 4-connected), ``perimeter_um``;
-- ``eccentricity``, ``solidity`` (area / convex hull area), ``circularity`` = 4π·area / perimeter²;
-- ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1``: half-open pixel box in image pixels;
+Columns (one row per id > 0, in id order; all float64 except ``id``):
+
+- ``id``: label id (+ ``id_offset``; ids renumbered 1..m first when ``keep`` is given);
+- ``centroid_x``, ``centroid_y``: mean of the object's pixel centres, output pixels (pixel (r, c) centred at
+  ``(c + 0.5, r + 0.5)`` before scaling, the frame of :mod:`histosam.measure.polygons`);
+- ``area_px``: pixel count × ``sx·sy`` (output pixels²; the pixel count itself when ``scale`` = 1);
+- ``perimeter_px``: length of the outer ring(s) of the object's outline (:func:`~.polygons.label_polygons`:
+  marching squares at 0.5, no simplification), output pixels; holes are not counted;
+- ``eccentricity``: of the ellipse with the same second moments (``regionprops``), moments taken to the output
+  frame; ``solidity``: pixel count / pixel count of the convex hull image (``regionprops``), measurement frame;
+  ``circularity`` = 4π·A / perimeter², A the outline polygon's area (≤ 1; a digital disc comes close to 1);
+- ``bbox_x0``, ``bbox_y0``, ``bbox_x1``, ``bbox_y1``: the half-open pixel box, output pixels (= the outline's
+  bounds);
 - ``mean_od_hematoxylin``, ``mean_od_eosin``: mean optical density of the hematoxylin and eosin stains
-  (Ruifrok-Johnston colour deconvolution, ``skimage.color.rgb2hed``), when an RGB image is given;
-- ``score``: mean of ``scores`` (float H×W, e.g. the foreground probability) over the object, if given.
+  (Ruifrok-Johnston colour deconvolution, ``skimage.color.rgb2hed``) of the object's pixels, when an RGB image
+  aligned with ``labels`` is given;
+- ``score``: the object's score (1-D ``scores``, one per id) or the mean of per-pixel ``scores``, if given;
+- ``centroid_x_um``, ``centroid_y_um``, ``area_um2``, ``perimeter_um``: the pixel values × ``mpp`` (× ``mpp²``
+  for the area), when ``mpp`` is given.
 """
 
 from __future__ import annotations
@@ -21,7 +35,9 @@ import shapely
 from scipy import ndimage as ndi
 from skimage.color import hed_from_rgb, rgb2hed
 
-__all__ = ["measure_instances", "COLUMNS"]
+from histosam.measure.polygons import label_array, label_polygons, scale_pair
+
+__all__ = ["measure_objects", "measure_instances", "COLUMNS", "table_columns"]
 
 COLUMNS = (
     "id",
@@ -37,6 +53,115 @@ COLUMNS = (
     "bbox_x1",
     "bbox_y1",
 )
+IMAGE_COLUMNS = ("mean_od_hematoxylin", "mean_od_eosin")
+SCORE_COLUMNS = ("score",)
+MPP_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")
+
+
+def table_columns(image: bool = True, scores: bool = True, mpp: bool = True) -> tuple[str, ...]:
+    """The columns of a measurement table, in order, made with/without an image, scores and mpp."""
+    return COLUMNS + IMAGE_COLUMNS * image + SCORE_COLUMNS * scores + MPP_COLUMNS * mpp
+
+
+def measure_objects(
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    scores: np.ndarray | None = None,
+    mpp: float | None = None,
+    offset: tuple[int, int] = (0, 0),
+    id_offset: int = 0,
+    scale: float | tuple[float, float] = 1.0,
+    keep: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Measurements and outlines of every object of ``labels`` (int H×W, 0 background).
+
+    Args:
+        labels: label image or crop in the measurement frame.
+        image: optional uint8 H×W×3 RGB pixels aligned with ``labels`` (for stain optical densities).
+        scores: optional per-pixel float H×W aligned with ``labels``, or per-object 1-D (``scores[i - 1]`` for id
+            ``i`` of ``labels``).
+        mpp: microns per output pixel; adds the µm columns.
+        offset: measurement-frame (row, col) of ``labels[0, 0]`` when ``labels`` is a crop.
+        id_offset: added to the ids (e.g. a chunk's global id offset).
+        scale: output pixels per measurement pixel, a number or a (row, col) pair.
+        keep: optional ids to measure (others are background); they become ids 1..len(keep), in that order.
+    Returns:
+        ``(table, outlines)``: the DataFrame (module docstring) and an object array of its rows' outlines
+        (shapely Polygon/MultiPolygon, output-frame (x, y), :func:`~histosam.measure.polygons.label_polygons`).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
+    labels = label_array(labels)
+    sy, sx = scale_pair(scale)
+    object_scores = None
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim == 1:
+            object_scores, scores = scores, None
+        elif scores.shape != labels.shape:
+            raise ValueError(f"scores must have shape {labels.shape} or be one per id, got {scores.shape}")
+    if keep is not None:
+        keep = np.asarray(keep, dtype=np.int64).ravel()
+        lut = np.zeros(max(int(labels.max(initial=0)), int(keep.max(initial=0))) + 1, np.uint32)
+        lut[keep] = np.arange(1, keep.size + 1)
+        labels = lut[labels]
+        if object_scores is not None:
+            object_scores = object_scores[keep - 1]
+    inside = labels.ravel() > 0
+    channels = []  # per-pixel values of the object pixels (labels.ravel()[inside]), float64
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape[:2] != labels.shape or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be H×W×3 aligned with labels {labels.shape}, got {image.shape}")
+        hed = _stain_densities(image.reshape(-1, 3)[inside])
+        channels += [hed[:, 0], hed[:, 1]]
+    if scores is not None:
+        channels.append(scores.ravel()[inside])
+    t = _moment_properties(labels, inside, channels, (sy, sx))
+    count = t["area"]
+    polygons = label_polygons(labels, offset=offset, scale=(sy, sx))
+    outlines = np.empty(len(t["label"]), dtype=object)
+    outlines[:] = [polygons[int(i)] for i in t["label"]]
+    perim = _outer_lengths(outlines)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circ = np.where(perim > 0, 4 * np.pi * shapely.area(outlines) / perim**2, np.nan)
+    r0, c0 = (int(v) for v in offset)
+    # integer positions first, then the fractional part: the same value wherever the crop was cut
+    row0, col0 = t["bbox_row0"] + r0, t["bbox_col0"] + c0
+    df = pd.DataFrame(
+        {
+            "id": t["label"] + int(id_offset),
+            "centroid_x": (col0 + (t["mean_col"] + 0.5)) * sx,
+            "centroid_y": (row0 + (t["mean_row"] + 0.5)) * sy,
+            "area_px": count * (sx * sy),
+            "perimeter_px": perim,
+            "eccentricity": t["eccentricity"],
+            "solidity": count / _convex_areas(labels, t["label"]),
+            "circularity": circ,
+            "bbox_x0": col0 * sx,
+            "bbox_y0": row0 * sy,
+            "bbox_x1": (t["bbox_col1"] + c0) * sx,
+            "bbox_y1": (t["bbox_row1"] + r0) * sy,
+        }
+    )
+    k = 0
+    if image is not None:
+        df["mean_od_hematoxylin"] = t["means"][0]
+        df["mean_od_eosin"] = t["means"][1]
+        k = 2
+    if object_scores is not None:
+        df["score"] = object_scores[t["label"] - 1]
+    elif scores is not None:
+        df["score"] = t["means"][k]
+    if mpp is not None:
+        mpp = float(mpp)
+        df["centroid_x_um"] = df["centroid_x"] * mpp
+        df["centroid_y_um"] = df["centroid_y"] * mpp
+        df["area_um2"] = df["area_px"] * mpp**2
+        df["perimeter_um"] = perim * mpp
+    return df, outlines
 
 
 def measure_instances(
@@ -47,85 +172,48 @@ def measure_instances(
     mpp: float | None = None,
     offset: tuple[int, int] = (0, 0),
     id_offset: int = 0,
+    scale: float | tuple[float, float] = 1.0,
+    keep: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """Measurements of every object of ``labels`` (int H×W, 0 background) as a DataFrame (module docstring).
+    """The measurement table of :func:`measure_objects` (same arguments; module docstring)."""
+    return measure_objects(labels, image, scores=scores, mpp=mpp, offset=offset, id_offset=id_offset,
+                           scale=scale, keep=keep)[0]
 
-    Args:
-        image: optional uint8 H×W×3 RGB pixels aligned with ``labels`` (for stain optical densities).
-        scores: optional float H×W per-pixel score aligned with ``labels``.
-        mpp: microns per pixel; adds µm columns.
-        offset: image (row, col) of ``labels[0, 0]`` when ``labels`` is a crop.
-        id_offset: added to the ids (e.g. a chunk's global id offset).
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
-    labels = labels.astype(np.int64, copy=False)
-    inside = labels.ravel() > 0
-    channels = []  # per-pixel values of the object pixels (labels.ravel()[inside]), float64
-    if image is not None:
-        image = np.asarray(image)
-        if image.shape[:2] != labels.shape or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be H×W×3 aligned with labels {labels.shape}, got {image.shape}")
-        hed = _stain_densities(image.reshape(-1, 3)[inside])
-        channels += [hed[:, 0], hed[:, 1]]
-    if scores is not None:
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != labels.shape:
-            raise ValueError(f"scores must have shape {labels.shape}, got {scores.shape}")
-        channels.append(scores.ravel()[inside])
-    t = _moment_properties(labels, inside, channels)
-    area = t["area"]
-    perim = _perimeters(labels, t["label"])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        circ = np.where(perim > 0, 4 * np.pi * area / perim**2, np.nan)
-    r0, c0 = offset
-    df = pd.DataFrame(
-        {
-            "id": t["label"] + int(id_offset),
-            "centroid_x": t["centroid_col"] + c0 + 0.5,
-            "centroid_y": t["centroid_row"] + r0 + 0.5,
-            "area_px": area,
-            "perimeter_px": perim,
-            "eccentricity": t["eccentricity"],
-            "solidity": area / _convex_areas(labels, t["label"]),
-            "circularity": circ,
-            "bbox_x0": t["bbox_col0"] + c0,
-            "bbox_y0": t["bbox_row0"] + r0,
-            "bbox_x1": t["bbox_col1"] + c0,
-            "bbox_y1": t["bbox_row1"] + r0,
-        }
-    )
-    k = 0
-    if image is not None:
-        df["mean_od_hematoxylin"] = t["means"][0]
-        df["mean_od_eosin"] = t["means"][1]
-        k = 2
-    if scores is not None:
-        df["score"] = t["means"][k]
-    if mpp is not None:
-        mpp = float(mpp)
-        df["centroid_x_um"] = df["centroid_x"] * mpp
-        df["centroid_y_um"] = df["centroid_y"] * mpp
-        df["area_um2"] = area * mpp**2
-        df["perimeter_um"] = perim * mpp
-    return df
+
+def _outer_lengths(outlines: np.ndarray) -> np.ndarray:
+    """Summed length of the exterior rings of each Polygon/MultiPolygon (holes left out)."""
+    if len(outlines) == 0:
+        return np.zeros(0)
+    parts, owner = shapely.get_parts(outlines, return_index=True)
+    lengths = shapely.length(shapely.get_exterior_ring(parts))
+    return np.bincount(owner, weights=lengths, minlength=len(outlines)).astype(np.float64)
 
 
 def _stain_densities(rgb: np.ndarray) -> np.ndarray:
-    """Hematoxylin, eosin and DAB optical densities ``(M, 3)`` float64 of RGB pixels ``(M, 3)``; for uint8,
-    ``skimage.color.rgb2hed`` per pixel (its ``-log(max(v/255, 1e-6)) / -log(1e-6)`` read from a 256-entry
-    table, then the same matrix and clipping), computed for the given pixels only."""
-    if rgb.dtype != np.uint8:  # other dtypes: skimage itself, on these pixels only
-        return rgb2hed(rgb.reshape(1, -1, 3)).reshape(-1, 3)
-    table = np.log(np.maximum(np.arange(256, dtype=np.float64) * (1 / 255), 1e-6)) / np.log(1e-6)
-    return np.maximum(table[rgb] @ hed_from_rgb, 0)
+    """Hematoxylin and eosin optical densities ``(M, 2)`` float64 of RGB pixels ``(M, 3)``: ``skimage.color.rgb2hed``
+    per pixel (up to rounding). For uint8, its ``-log(max(v/255, 1e-6)) / -log(1e-6)`` times each channel's row of
+    the stain matrix is read from a 256-entry table per channel and output, summed and clipped at 0 as skimage does
+    (no M×3 float intermediate, no small matrix product); other dtypes go through skimage itself."""
+    if rgb.dtype != np.uint8:
+        return rgb2hed(rgb.reshape(1, -1, 3)).reshape(-1, 3)[:, :2]
+    out = np.empty((len(rgb), 2))
+    for k in range(2):
+        out[:, k] = _HED_TABLE[rgb[:, 0], 0, k] + _HED_TABLE[rgb[:, 1], 1, k] + _HED_TABLE[rgb[:, 2], 2, k]
+    return np.maximum(out, 0, out=out)
 
 
-def _moment_properties(labels: np.ndarray, inside: np.ndarray, channels: list[np.ndarray]) -> dict:
-    """Label, area, centroid, bounding box, eccentricity and channel means of every present id, vectorised.
+# per input value (256), input channel (R, G, B) and stain (H, E): the term of rgb2hed's product
+_HED_TABLE = (np.log(np.maximum(np.arange(256, dtype=np.float64) * (1 / 255), 1e-6)) / np.log(1e-6))[:, None, None] \
+    * hed_from_rgb[None, :, :2]
 
-    ``inside`` is ``labels.ravel() > 0``; ``channels`` hold per-pixel values of those pixels.
+
+def _moment_properties(labels: np.ndarray, inside: np.ndarray, channels: list[np.ndarray],
+                       scale: tuple[float, float] = (1.0, 1.0)) -> dict:
+    """Label, area, box-relative mean, bounding box, eccentricity and channel means of every present id,
+    vectorised.
+
+    ``inside`` is ``labels.ravel() > 0``; ``channels`` hold per-pixel values of those pixels; ``scale`` (row, col)
+    stretches the second moments before the eccentricity is taken (output frame).
 
     The same definitions as ``skimage.measure.regionprops`` (eccentricity from the eigenvalues of the
     inertia tensor of the second central moments, negative eigenvalues clipped to 0), computed for all objects
@@ -154,49 +242,16 @@ def _moment_properties(labels: np.ndarray, inside: np.ndarray, channels: list[np
     mu_rr = total(dr * dr) / area - mean_r**2
     mu_cc = total(dc * dc) / area - mean_c**2
     mu_rc = total(dr * dc) / area - mean_r * mean_c
+    if scale != (1.0, 1.0):
+        mu_rr, mu_cc, mu_rc = mu_rr * scale[0] ** 2, mu_cc * scale[1] ** 2, mu_rc * (scale[0] * scale[1])
     half_trace, root = (mu_rr + mu_cc) / 2, np.sqrt(((mu_rr - mu_cc) / 2) ** 2 + mu_rc**2)
     l1, l2 = np.clip(half_trace + root, 0, None), np.clip(half_trace - root, 0, None)
     with np.errstate(divide="ignore", invalid="ignore"):
         ecc = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
     means = [total(ch) / area for ch in channels]
     return {"label": present.astype(np.int64), "area": count[present].astype(np.int64),
-            "centroid_row": mean_r + r0, "centroid_col": mean_c + c0, "eccentricity": ecc,
+            "mean_row": mean_r, "mean_col": mean_c, "eccentricity": ecc,
             "bbox_row0": r0, "bbox_col0": c0, "bbox_row1": r1, "bbox_col1": c1, "means": means}
-
-
-# skimage.measure.perimeter's weights of a border pixel, indexed by 1 + 2·(4-neighbours on the border)
-# + 10·(diagonal neighbours on the border)
-_PERIMETER_WEIGHTS = np.zeros(50)
-_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1
-_PERIMETER_WEIGHTS[[21, 33]] = np.sqrt(2)
-_PERIMETER_WEIGHTS[[13, 23]] = (1 + np.sqrt(2)) / 2
-
-
-def _perimeters(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """``skimage.measure.perimeter(labels == i, neighborhood=4)`` of every id in ``present``, all at once.
-
-    A border pixel of object i has a 4-neighbour outside i; its weight depends on which of its eight
-    neighbours are border pixels of the same object (skimage's convolution with [[10, 2, 10], [2, 1, 2],
-    [10, 2, 10]] on the object's border image, read per object).
-    """
-    padded = np.pad(labels, 1)
-    h, w = labels.shape
-
-    def shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
-        return a[1 + dr:1 + dr + h, 1 + dc:1 + dc + w]
-
-    centre = shifted(padded, 0, 0)
-    four = ((-1, 0), (1, 0), (0, -1), (0, 1))
-    border = (centre > 0) & np.logical_or.reduce([shifted(padded, dr, dc) != centre for dr, dc in four])
-    border_padded = np.pad(border, 1)
-    code = np.ones(labels.shape, np.uint8)  # at most 1 + 2·4 + 10·4 = 49
-    for weight, offsets in ((2, four), (10, ((-1, -1), (-1, 1), (1, -1), (1, 1)))):
-        for dr, dc in offsets:
-            same = shifted(border_padded, dr, dc) & (shifted(padded, dr, dc) == centre)
-            code += same.view(np.uint8) * np.uint8(weight)
-    ids = centre[border]
-    sums = np.bincount(ids, weights=_PERIMETER_WEIGHTS[code[border]])  # every present id has border pixels
-    return sums[present].astype(np.float64)
 
 
 def _convex_areas(labels: np.ndarray, present: np.ndarray) -> np.ndarray:

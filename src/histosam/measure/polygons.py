@@ -1,12 +1,23 @@
-"""Instance outlines as shapely polygons in (x, y) image pixel coordinates.
+"""Instance outlines as shapely polygons in (x, y) pixel coordinates: the outline convention of histosam.
+
+This module is the only place where outlines are traced; images (``histosam segment``), slides
+(``histosam slide``) and the QuPath server (``histosam serve``) all use :func:`label_polygons` /
+:func:`mask_polygon` (the convention as a whole, with the measurements, is stated in :mod:`histosam.measure`).
 
 Frame: pixel (row r, col c) covers the square ``[c, c+1) × [r, r+1)`` (QuPath's convention; its centre is
 ``(c + 0.5, r + 0.5)``). Outlines are the marching-squares contours at level 0.5 of each object's binary mask
 with diagonal neighbours joined (``skimage.measure.find_contours(..., fully_connected="high")``): they run
 through the edge midpoints between inside and outside pixel centres, so straight edges lie on pixel borders and
-staircase corners are cut (a 3×4 block gives area 12 - 4/8 = 11.5; a lone pixel a 0.5 diamond). Holes become
-interior rings; objects in several pieces become MultiPolygons; every geometry is valid (``shapely.make_valid``
-when needed).
+staircase corners are cut (a 3×4 block gives area 12 - 4/8 = 11.5; a lone pixel a 0.5 diamond). Every vertex is
+a multiple of 0.5 (before ``scale``); vertices in the middle of straight stretches are left out, nothing else is
+simplified (``simplify=0``, the default and what histosam writes). Holes become interior rings; objects in
+several pieces become MultiPolygons; every geometry is valid (``shapely.make_valid`` when needed) and oriented
+(exteriors counter-clockwise, holes clockwise: positive / negative signed area, GeoJSON's right-hand rule). A
+pixel centre lies inside the outline exactly when the pixel belongs to the object.
+
+``offset`` places a crop in a larger frame and ``scale`` maps it to the output frame: a traced vertex ``(x, y)``
+of the crop becomes ``((x + col0) · sx, (y + row0) · sy)`` (slides: working frame → level-0; resampled images:
+model frame → the image's own pixels).
 
 All objects are traced at once (:func:`_trace_rings`): every 2×2 cell of pixel centres on an object's border
 emits oriented segments from a 16-case table, and the rings are the cycles of "the segment that starts where
@@ -22,8 +33,9 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
+from shapely.geometry.polygon import orient
 
-__all__ = ["mask_polygon", "label_polygons"]
+__all__ = ["mask_polygon", "label_polygons", "scale_pair"]
 
 
 def _polygonal(geom: BaseGeometry) -> Polygon | MultiPolygon:
@@ -143,23 +155,47 @@ def _corners(xy: np.ndarray, ring_index: np.ndarray) -> np.ndarray:
     return ~straight
 
 
-def label_polygons(
-    labels: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.0
-) -> dict[int, Polygon | MultiPolygon]:
-    """Polygons of every id > 0 of a label image or label crop whose ``[0, 0]`` is image (row, col) ``offset``.
+def label_array(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as an integer array numpy can count with (``np.bincount``), not copied when it already is one
+    (a uint32 chunk crop stays uint32: half the memory of int64)."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels.view(np.uint8)
+    if labels.dtype in (np.uint8, np.uint16, np.uint32, np.int8, np.int16, np.int32, np.int64):
+        return labels
+    return labels.astype(np.int64)
 
-    ``simplify`` is a Douglas-Peucker tolerance in pixels (topology preserving); 0 keeps every vertex except
-    collinear ones. Returns ``{id: geometry}`` in id order; coordinates are image (x, y) pixels (module
-    docstring).
+
+def scale_pair(scale: float | tuple[float, float]) -> tuple[float, float]:
+    """``(row_scale, col_scale)`` of a number or a (row, col) pair (output pixels per input pixel)."""
+    if isinstance(scale, tuple | list | np.ndarray):
+        sy, sx = (float(v) for v in scale)
+        return sy, sx
+    return float(scale), float(scale)
+
+
+def label_polygons(
+    labels: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.0,
+    scale: float | tuple[float, float] = 1.0,
+) -> dict[int, Polygon | MultiPolygon]:
+    """Polygons of every id > 0 of a label image or label crop whose ``[0, 0]`` is (row, col) ``offset``.
+
+    ``scale``: output pixels per label pixel, a number or a (row, col) pair; coordinates are
+    ``(x + offset[1]) · scale_col``, ``(y + offset[0]) · scale_row`` (module docstring).
+    ``simplify`` is a Douglas-Peucker tolerance in output pixels (topology preserving); 0 (histosam's convention)
+    keeps every vertex except collinear ones. Returns ``{id: geometry}`` in id order.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
     if not labels.any():
         return {}
-    xy2, ring_index, owner = _trace_rings(labels.astype(np.int64, copy=False))
+    xy2, ring_index, owner = _trace_rings(label_array(labels))
     # doubled padded-centre coordinates -> image (x, y): padded index 1 is image pixel 0, centred at 0.5
+    sy, sx = scale_pair(scale)
     xy = xy2 / 2.0 - 0.5 + np.array([offset[1], offset[0]], dtype=np.float64)
+    if (sx, sy) != (1.0, 1.0):
+        xy *= np.array([sx, sy])
     rings = shapely.linearrings(xy, indices=ring_index)
     order = np.argsort(owner, kind="stable")
     ids, first, n_rings = np.unique(owner[order], return_index=True, return_counts=True)
@@ -168,20 +204,29 @@ def label_polygons(
     geoms[single] = shapely.polygons(rings[order[first[single]]])
     for j in np.flatnonzero(~single):  # holes and islands: points inside an odd number of rings
         parts = shapely.polygons(rings[order[first[j]:first[j] + n_rings[j]]])
-        geoms[j] = _polygonal(reduce(lambda a, b: a.symmetric_difference(b), parts))
+        geoms[j] = _oriented(_polygonal(reduce(lambda a, b: a.symmetric_difference(b), parts)))
     if simplify > 0:
         geoms = shapely.simplify(geoms, simplify, preserve_topology=True)
     for j in np.flatnonzero(~shapely.is_valid(geoms)):
-        geoms[j] = _polygonal(shapely.make_valid(geoms[j]))
+        geoms[j] = _oriented(_polygonal(shapely.make_valid(geoms[j])))
     return {int(i): g for i, g in zip(ids, geoms)}
 
 
+def _oriented(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
+    """Exterior rings counter-clockwise and holes clockwise (positive / negative signed area: GeoJSON's
+    right-hand rule), as the traced single rings already are."""
+    if isinstance(geom, MultiPolygon):
+        return MultiPolygon([orient(p, 1.0) for p in geom.geoms])
+    return orient(geom, 1.0)
+
+
 def mask_polygon(
-    mask: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.0
+    mask: np.ndarray, offset: tuple[float, float] = (0, 0), simplify: float = 0.0,
+    scale: float | tuple[float, float] = 1.0,
 ) -> Polygon | MultiPolygon:
     """Outline of a bool (row, col) mask; ``offset`` = (row, col) of ``mask[0, 0]`` in the image.
 
-    ``simplify`` as in :func:`label_polygons`. Returns an empty Polygon for an empty mask.
+    ``simplify`` and ``scale`` as in :func:`label_polygons`. Returns an empty Polygon for an empty mask.
     """
     mask = np.asarray(mask, dtype=bool)
-    return label_polygons(mask.view(np.uint8), offset, simplify).get(1, Polygon())
+    return label_polygons(mask.view(np.uint8), offset, simplify, scale).get(1, Polygon())
