@@ -177,7 +177,9 @@ def test_mpp_resampling_matches_segment(tmp_path, patched_predictor, mpp):
     table = pd.read_parquet(names["parquet"])
     n = int(labels.max())
     assert table["id"].tolist() == list(range(1, n + 1))
-    assert np.array_equal(table["area_px"].to_numpy(), np.bincount(labels.ravel())[1:])
+    # measured where segmented (histosam.measure): area_px = working-frame pixel count x (original/working)^2,
+    # close to the nearest-resampled label count (exact equality with a working-frame run: test_measure_schema)
+    np.testing.assert_allclose(table["area_px"], np.bincount(labels.ravel())[1:], rtol=0.1, atol=4)
     prov = json.loads(names["provenance"].read_text(encoding="utf-8"))
     assert prov["parameters"]["resample_factor"] == mpp / 0.25
     feats = read_geojson(names["geojson"])

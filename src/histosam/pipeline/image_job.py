@@ -7,10 +7,11 @@ AMG segments the whole image with :func:`histosam.segment` and goes through the 
 
 Frames: the engine works at the model's resolution (the image resampled by ``mpp / model.config.mpp``, as in
 :func:`histosam.segment`); labels, polygons, centroids and areas are always in **original image pixels**
-(polygons ``(x, y)``, pixel (r, c) covers ``[c, c+1) × [r, r+1)``). Table row ``id`` = label value = the
-``label_id`` measurement of the GeoJSON feature, whose UUID is ``uuid5(namespace, "<stem>:<id>")``
-(:func:`histosam.io.geojson.feature` with ``id_namespace=<stem>``); ``area_px`` equals the pixel count of
-that id in the label image.
+(polygons ``(x, y)``, pixel (r, c) covers ``[c, c+1) × [r, r+1)``). Objects are measured where they were
+segmented (the model's frame) and mapped to the original pixels by the scale, as slides are (:mod:`histosam.measure`).
+Table row ``id`` = label value = the ``label_id`` measurement of the GeoJSON feature, whose UUID is
+``uuid5(namespace, "<stem>:<id>")`` (:func:`histosam.io.geojson.feature` with ``id_namespace=<stem>``); without
+resampling ``area_px`` equals the pixel count of that id in the label image.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from histosam.io.geojson import GeoJSONWriter
 from histosam.io.images import image_mpp, read_image
 from histosam.io.provenance import build_provenance, now_iso, write_provenance
 from histosam.io.tables import write_table
-from histosam.measure import instances_to_features, measure_instances
+from histosam.measure import instances_to_features, measure_instances, resampled_crop
 from histosam.pipeline.outputs import (
     LabelSink,
     crop_to_original,
@@ -86,20 +87,20 @@ class _Writers:
         self.geojson = GeoJSONWriter(names["geojson"])
         self._stack.callback(self.geojson.abort)
 
-    def add(self, crop: np.ndarray, offset: tuple[int, int], scores: np.ndarray | None) -> None:
-        """Objects of ``crop`` (uint32, local ids 1..m, all present; ``[0, 0]`` at image ``offset``)."""
+    def add(self, crop: np.ndarray, offset: tuple[int, int], scores: np.ndarray | None,
+            measured: dict | None = None) -> None:
+        """Objects of ``crop`` (uint32, local ids 1..m, all present; ``[0, 0]`` at image ``offset``; ``scores`` one
+        per id). ``measured``: where they are measured when that is not ``crop`` itself (a resampled image's
+        working-frame crop, :func:`histosam.measure.resampled_crop`)."""
         m = int(crop.max(initial=0))
         if m == 0:
             return
         t = time.perf_counter()
         r0, c0 = offset
         h, w = crop.shape
-        pix = None
-        if scores is not None:
-            pix = np.concatenate([[0.0], np.asarray(scores, np.float64)])[crop]
-        feats, table = instances_to_features(crop, offset=offset, id_offset=self.n,
-                                             image=self.rgb[r0:r0 + h, c0:c0 + w], scores=pix, mpp=self.mpp,
-                                             id_namespace=self.namespace)
+        if measured is None:
+            measured = {"labels": crop, "offset": offset, "image": self.rgb[r0:r0 + h, c0:c0 + w], "scores": scores}
+        feats, table = instances_to_features(**measured, id_offset=self.n, mpp=self.mpp, id_namespace=self.namespace)
         for f, i in zip(feats, table["id"].tolist()):
             f["properties"].setdefault("measurements", {})["label_id"] = int(i)
         self.geojson.add(feats)
@@ -301,7 +302,8 @@ def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: 
         if factor == 1.0:
             writers.add(res.labels, res.offset, res.scores)
         else:
-            writers.add(*crop_to_original(res.labels, res.offset, res.scores, rows, cols))
+            writers.add(*crop_to_original(res.labels, res.offset, res.scores, rows, cols),
+                        measured=resampled_crop(res.labels, res.offset, res.scores, work, rows, cols))
     return {"tile": tile, "halo": halo, "chunk": chunk, "resample_factor": factor,
             "working_shape": list(shape), "ais": ais.to_dict(), "engine": engine}
 
