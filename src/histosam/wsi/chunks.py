@@ -2,7 +2,8 @@
 
 Frames:
 - *level-0*: the slide's full-resolution pixels ``(x, y)``; polygons and centroids are written in it
-  (QuPath's frame).
+  (QuPath's frame). Objects are measured in the working frame and mapped to level-0 by ``s``
+  (:func:`chunk_records`, :mod:`histosam.measure`).
 - *working frame*: pixels at ``target_mpp`` µm/px, ``s = target_mpp / slide_mpp`` level-0 px each.
 - *region frame*: the working frame shifted to the processed region's top-left ``(rx, ry)`` (whole slide
   or ROI bounding box); the tiling engine works in it, as ``(row, col)`` arrays.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -30,6 +31,10 @@ from histosam.wsi.prefetch import Prefetcher
 from histosam.wsi.reader import SlideReader, open_slide
 from histosam.wsi.roi import Roi
 from histosam.wsi.tissue import TissueMask
+
+#: version of what :func:`chunk_records` stores (part of the plan's fingerprint, so a chunk store written with
+#: another record layout is refused, never merged): 2 = histosam.measure's table columns + the outline's geometry
+RECORDS_SCHEMA = 2
 
 
 @dataclasses.dataclass
@@ -87,7 +92,7 @@ class SlidePlan:
         return {
             "slide_mpp": self.slide_mpp, "target_mpp": self.target_mpp, "region": list(self.region),
             "tile": self.tile, "halo": self.halo, "chunk": self.chunk, "context": self.context,
-            "params": AISParams.from_dict(self.params).to_dict(),
+            "params": AISParams.from_dict(self.params).to_dict(), "records": RECORDS_SCHEMA,
         }
 
 
@@ -153,6 +158,7 @@ def process_chunks(
         grid = TileGrid(shape, plan.tile, plan.halo)
         chunks = plan.chunk_grid()
         read_region, tile_filter = _reader_fns(plan, slide)
+        read_rgb = read_region  # the image under each chunk's objects, for the measurements (not prefetched)
         schedule = [chunks[i].inner.grow(plan.context, shape).grow(r, shape) for i in indices]
         if prefetch > 0:
             order = dict.fromkeys(t for box in schedule for t in grid.tiles_covering(box))
@@ -167,7 +173,7 @@ def process_chunks(
 
         def post(maps, maps_box, read_box, inner, i, ctx):
             res, n_inc = postprocess_chunk(maps, maps_box, read_box, inner, shape, params, index=i, context=ctx)
-            return res, n_inc, (chunk_records(plan, res) if n_inc == 0 else None)
+            return res, n_inc, (chunk_records(plan, res, read_rgb) if n_inc == 0 else None)
 
         def finish(i, inner, fut):
             res, n_inc, recs = fut.result()
@@ -182,7 +188,7 @@ def process_chunks(
             if n_inc:
                 warnings.warn(f"{plan.path}: chunk {i}: {n_inc} object(s) cut by the chunk context "
                               f"({ctx} px); raise context", stacklevel=3)
-            return i, (chunk_records(plan, res) if recs is None else recs)
+            return i, (chunk_records(plan, res, read_rgb) if recs is None else recs)
 
         try:
             # maps of chunk k+1 are predicted while chunk k is post-processed in the pool thread
@@ -209,51 +215,46 @@ def process_chunks(
             slide.close()
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
-    """Outer contour of a bool mask as ``(N, 2)`` float (x, y) pixel-corner coordinates."""
-    from skimage.measure import find_contours
+def chunk_records(plan: SlidePlan, res: ChunkResult,
+                  read_rgb: Callable[[int, int, int, int], np.ndarray] | None = None) -> list[dict]:
+    """Objects of a chunk as JSON-able dicts in raster order of first pixels, measured on the worker.
 
-    padded = np.pad(mask, 1)
-    cs = find_contours(padded.astype(np.float32), 0.5)
-    c = max(cs, key=len)
-    return np.stack([c[:, 1] - 0.5, c[:, 0] - 0.5], axis=1)  # centre coords -> corner frame
+    The chunk's label crop and the image crop under it (``read_rgb(r0, c0, h, w)``: region-frame box at the
+    working resolution; ``None`` opens the slide) go through :func:`histosam.measure.measure_objects` at the
+    working resolution with ``offset`` = the crop's working-frame position and ``scale`` = ``plan.scale``, so
+    outlines and pixel values are in level-0 pixels and µm values use the slide's µm/px (the convention of
+    :mod:`histosam.measure`, the same as ``histosam segment``'s).
 
-
-def chunk_records(plan: SlidePlan, res: ChunkResult) -> list[dict]:
-    """Objects of a chunk as JSON-able dicts in raster order of first pixels.
-
-    Keys: ``first`` (region-frame row, col), ``area_px`` (working frame), ``area_um2``,
-    ``perimeter_um``, ``centroid`` and ``polygon`` (level-0 ``(x, y)``, rounded to 0.01 px).
-    Objects whose first pixel is outside the ROI polygon are dropped.
+    Keys: ``first`` (region-frame row, col), ``geometry`` (GeoJSON geometry dict of the outline, level-0
+    ``(x, y)`` rounded to 0.01 px) and every column of the measurement table but ``id``
+    (:func:`histosam.measure.table_columns`), as plain floats. Objects whose first pixel is outside the ROI
+    polygon are dropped.
     """
-    from shapely.geometry import Polygon
+    from histosam.io.geojson import geometry_dicts
+    from histosam.measure import measure_objects
 
-    out = []
+    if res.n == 0:
+        return []
     s = plan.scale
     rx, ry = plan.region[0], plan.region[1]
+    keep = np.arange(1, res.n + 1)
+    if plan.roi is not None and plan.roi.polygons:
+        fr, fc = res.first_pixels[:, 0], res.first_pixels[:, 1]
+        inside = [bool(plan.roi.mask((rx + c + 0.5) * s - 0.5, (ry + r + 0.5) * s - 0.5, 1, 1)[0, 0])
+                  for r, c in zip(fr.tolist(), fc.tolist())]
+        keep = keep[np.asarray(inside, bool)]
+        if keep.size == 0:
+            return []
     o_r, o_c = res.offset
-    for k in range(res.n):
-        r0, c0, r1, c1 = (int(v) for v in res.bboxes[k])
-        fr, fc = (int(v) for v in res.first_pixels[k])
-        if plan.roi is not None and plan.roi.polygons:
-            fx, fy = (rx + fc + 0.5) * s, (ry + fr + 0.5) * s
-            if not plan.roi.mask(fx - 0.5, fy - 0.5, 1, 1)[0, 0]:
-                continue
-        sub = res.labels[r0 - o_r : r1 - o_r, c0 - o_c : c1 - o_c] == k + 1
-        xy = _contour(sub) + [c0, r0]
-        poly = Polygon(xy).simplify(0.25, preserve_topology=True)
-        if poly.is_empty or poly.area == 0:
-            poly = Polygon(xy)
-        yy, xx = np.nonzero(sub)
-        centroid = ((rx + c0 + xx.mean() + 0.5) * s, (ry + r0 + yy.mean() + 0.5) * s)
-        coords = np.asarray(poly.exterior.coords)
-        coords = np.round((coords + [rx, ry]) * s, 2)
-        out.append({
-            "first": [fr, fc],
-            "area_px": int(res.areas[k]),
-            "area_um2": round(float(res.areas[k]) * plan.target_mpp**2, 4),
-            "perimeter_um": round(float(poly.length) * plan.target_mpp, 4),
-            "centroid": [round(centroid[0], 2), round(centroid[1], 2)],
-            "polygon": coords.tolist(),
-        })
-    return out
+    h, w = res.labels.shape
+    if read_rgb is None:
+        with open_slide(plan.path, mpp=plan.slide_mpp) as slide:
+            rgb = slide.read_at_mpp(rx + o_c, ry + o_r, w, h, plan.target_mpp)
+    else:
+        rgb = read_rgb(o_r, o_c, h, w)
+    table, outlines = measure_objects(res.labels, rgb, scores=res.scores, mpp=plan.slide_mpp,
+                                      offset=(ry + o_r, rx + o_c), scale=s, keep=keep)
+    rows = table.drop(columns="id").to_dict("records")
+    firsts = res.first_pixels[keep - 1].tolist()
+    return [{"first": first, "geometry": geom, **{k: float(v) for k, v in row.items()}}
+            for first, geom, row in zip(firsts, geometry_dicts(outlines), rows)]

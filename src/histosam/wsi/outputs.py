@@ -4,8 +4,10 @@ Files (``<stem>`` = slide file name without extension), all written to a temp fi
 ``os.replace``-d, so a crash never leaves a half-written output:
 
 - ``<stem>.geojson.gz``: QuPath GeoJSON FeatureCollection, one ``detection`` per nucleus,
-  polygons in level-0 pixels ``(x, y)``, ``measurements`` in µm;
-- ``<stem>.parquet`` (and ``<stem>.csv`` when asked): one row per nucleus;
+  outlines in level-0 pixels ``(x, y)``, ``measurements`` = the table's columns (``histosam id`` = ``id``);
+- ``<stem>.parquet`` (and ``<stem>.csv`` when asked): one row per nucleus, the columns of ``histosam segment``'s
+  table (:func:`histosam.measure.table_columns`, same names, units and meaning; :mod:`histosam.measure`) and
+  ``chunk``;
 - ``<stem>_overlay.png``: slide thumbnail with the nuclei drawn on it;
 - ``<stem>_tissue.png``: the tissue mask (written by the pipeline);
 - ``<stem>.provenance.json``: inputs, parameters, versions, counts, timings.
@@ -22,12 +24,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from shapely.geometry import Polygon
 
 from histosam.io.atomic import atomic_path, atomic_write
 from histosam.io.geojson import GeoJSONWriter, feature
+from histosam.measure.features import table_columns
 
-COLUMNS = ["id", "chunk", "centroid_x", "centroid_y", "area_um2", "perimeter_um", "area_px"]
+#: the image table's columns (an RGB image, scores and µm/px are always there for slides), then ``chunk``
+COLUMNS = [*table_columns(image=True, scores=True, mpp=True), "chunk"]
+_VALUES = [c for c in COLUMNS if c not in ("id", "chunk")]  # the measurement keys of a chunk record
 
 
 def atomic_json(path: str | os.PathLike, data: dict) -> Path:
@@ -68,9 +72,7 @@ class SlideOutputWriter:
         self._tmps = {k: self._stack.enter_context(atomic_path(p)) for k, p in self.paths.items()
                       if k != "geojson"}
         self._gj = GeoJSONWriter(self.paths["geojson"])
-        self._schema = pa.schema([("id", pa.int64()), ("chunk", pa.int64()), ("centroid_x", pa.float64()),
-                                  ("centroid_y", pa.float64()), ("area_um2", pa.float64()),
-                                  ("perimeter_um", pa.float64()), ("area_px", pa.int64())])
+        self._schema = pa.schema([(c, pa.int64() if c in ("id", "chunk") else pa.float64()) for c in COLUMNS])
         self._pa = pa
         self._pq = pq.ParquetWriter(self._tmps["parquet"], self._schema, compression="zstd")
         self._csv_f = None
@@ -85,22 +87,27 @@ class SlideOutputWriter:
         self.n = 0
 
     def add_chunk(self, chunk: int, records: list[dict]) -> None:
-        """Append one chunk's records (already in first-pixel raster order)."""
-        rows = {c: [] for c in COLUMNS}
+        """Append one chunk's records (:func:`histosam.wsi.chunks.chunk_records`, in first-pixel raster order)."""
+        rows: dict[str, list] = {c: [] for c in COLUMNS}
+        feats = []
         for rec in records:
             self.n += 1
             oid = self.n
-            meas = {"histosam id": oid, "Area µm^2": rec["area_um2"], "Perimeter µm": rec["perimeter_um"]}
-            self._gj.add([feature(Polygon(rec["polygon"]), oid, meas, self._class, id_namespace=self.stem)])
-            vals = [oid, chunk, rec["centroid"][0], rec["centroid"][1], rec["area_um2"],
-                    rec["perimeter_um"], rec["area_px"]]
+            values = [rec[c] for c in _VALUES]
+            meas = {"histosam id": oid, **dict(zip(_VALUES, values))}
+            feats.append(feature(rec["geometry"], oid, meas, self._class, id_namespace=self.stem))
+            vals = [oid, *values, chunk]
             for c, v in zip(COLUMNS, vals):
                 rows[c].append(v)
             if self._csv_f is not None:
                 self._csv.writerow(vals)
             if self._draw is not None:
-                pts = [(x / self._scale, y / self._scale) for x, y in rec["polygon"]]
-                self._draw.polygon(pts, fill=(40, 200, 40), outline=(0, 120, 0))
+                geom = rec["geometry"]
+                polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+                for poly in polys:
+                    pts = [(x / self._scale, y / self._scale) for x, y in poly[0]]
+                    self._draw.polygon(pts, fill=(40, 200, 40), outline=(0, 120, 0))
+        self._gj.add(feats)
         if records:
             self._pq.write_table(self._pa.table(rows, schema=self._schema))
 
