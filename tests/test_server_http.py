@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from histosam.measure import label_polygons
 from histosam.server import (
     AutoResult,
     PromptResult,
@@ -162,8 +163,9 @@ def test_bbox_prompt_exact_polygon(client, fake):
     assert feats[0]["properties"] == {"object_idx": 0, "label": "object", "quality": pytest.approx(0.8),
                                       "sam_model": "vit_b"}
     assert feats[0]["geometry"]["type"] == "Polygon"
+    # histosam's outline convention (marching squares at 0.5, histosam.measure): corners cut by half a pixel
     assert sorted(map(tuple, feats[0]["geometry"]["coordinates"][0][:-1])) == [
-        (5.0, 7.0), (5.0, 19.0), (25.0, 7.0), (25.0, 19.0)]
+        (5.0, 7.5), (5.0, 18.5), (5.5, 7.0), (5.5, 19.0), (24.5, 7.0), (24.5, 19.0), (25.0, 7.5), (25.0, 18.5)]
     call = fake.calls[-1]
     assert call["points"] is None and call["labels"] is None and call["multimask"] is False
     np.testing.assert_array_equal(call["box"], [5, 7, 25, 19])
@@ -312,8 +314,9 @@ def test_geometry_exact_on_random_labels(kind):
             lab = label(m, connectivity=1 if kind == "4-connected" else 2)
         geoms = labels_to_geometries(lab)
         assert sorted(geoms) == [i for i in np.unique(lab) if i]
+        outlines = label_polygons(lab)  # the same outlines as images and slides
         for i, g in geoms.items():
-            assert g.is_valid and g.area == (lab == i).sum()
+            assert g.is_valid and g.equals_exact(outlines[i], 0)
             np.testing.assert_array_equal(geometry_to_mask(g, lab.shape), lab == i)
 
 
@@ -324,14 +327,17 @@ def test_geometry_hand_made_shapes():
     ring[1:4, 1:4] = True
     ring[2, 2] = False  # square with a one-pixel hole
     g = mask_to_geometry(ring)
-    assert g.geom_type == "Polygon" and len(g.interiors) == 1 and g.area == 8
-    assert sorted(g.exterior.coords[:-1]) == [(1, 1), (1, 4), (4, 1), (4, 4)]  # collinear vertices removed
-    diag = np.eye(3, dtype=bool)  # corner-touching pixels are separate pieces
+    assert g.geom_type == "Polygon" and len(g.interiors) == 1 and g.area == 8  # 9 - 4/8 outside, 0.5 hole
+    assert sorted(g.exterior.coords[:-1]) == [(1, 1.5), (1, 3.5), (1.5, 1), (1.5, 4), (3.5, 1), (3.5, 4),
+                                              (4, 1.5), (4, 3.5)]  # corners cut, collinear vertices removed
+    assert sorted(g.interiors[0].coords[:-1]) == [(2, 2.5), (2.5, 2), (2.5, 3), (3, 2.5)]
+    diag = np.eye(3, dtype=bool)  # corner-touching pixels are joined (marching squares, diagonals joined)
     g = mask_to_geometry(diag)
-    assert g.geom_type == "MultiPolygon" and len(g.geoms) == 3 and g.is_valid
+    assert g.geom_type == "Polygon" and g.is_valid and g.area == 3 * 0.5 + 2 * 0.5  # diamonds + bridges
+    np.testing.assert_array_equal(geometry_to_mask(g, diag.shape), diag)
     pinch = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1]], bool)  # a loop closed only through corners
     g = mask_to_geometry(pinch)
-    assert g.is_valid and g.area == 6
+    assert g.is_valid and g.geom_type == "Polygon" and len(g.interiors) == 1
     np.testing.assert_array_equal(geometry_to_mask(g, pinch.shape), pinch)
     assert mask_to_geometry(np.zeros((4, 4), bool)) is None
 
