@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from histosam import Predictor
-from histosam.inference.predictor import OUTSIDE_LOGIT, WINDOW_MARGIN, Prediction
+from histosam.inference.predictor import OUTSIDE_LOGIT, Prediction
 from histosam.models.build import build_model
 
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "histosam" / "data" / "cmu1_small_region_crop.png"
@@ -293,10 +293,6 @@ def test_prediction_unpacks_like_sams_tuple(nano):
     low = pred_.predict_logits(points=[[100.0, 100.0]], multimask=True)
     np.testing.assert_array_equal(low.low_res_logits, out.low_res_logits)
     np.testing.assert_array_equal(low.window, out.window)
-
-
-def test_window_margin_constant_is_sane():
-    assert 0 <= WINDOW_MARGIN < 64
 
 
 # ------------------------------------------------------------------------------------ real data, shipped weights
