@@ -88,3 +88,50 @@ def test_typed_nuclei_recipe_with_a_class_head(example_image):
         assert set(typed.classes.tolist()) <= {1, 2}
         np.testing.assert_allclose(typed.probabilities.sum(1), 1.0, atol=1e-4)
         assert sum(typed.counts().values()) == n
+
+
+def test_segment_writes_classified_nuclei(tmp_path, example_image, capsys):
+    """`histosam segment` with a model that has a class head: every GeoJSON detection has a classification with a
+    colour, the table has class + probability columns for the same ids as the labels, the provenance and the CLI
+    report the per-class counts (also through resampling)."""
+    import json
+
+    import pandas as pd
+    import torch
+    from PIL import Image
+
+    import histosam
+    from histosam.cli.main import main
+    from histosam.io.labels import read_labels
+    from histosam.models.nano import NanoClassDecoder
+    from histosam.registry.formats import save_histosam
+
+    torch.manual_seed(1)
+    names = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
+    model = histosam.load_model("histosam-nano", device="cpu")
+    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
+                                                                 tuple(model.image_encoder.widths[:2]))
+    model.config.class_names = names
+    path = save_histosam(model, tmp_path / "typed.pt")
+    img = tmp_path / "x.png"
+    Image.fromarray(np.ascontiguousarray(example_image[:200, :240])).save(img)
+    for mpp in ("0.25", "0.5"):
+        out = tmp_path / f"out{mpp}"
+        assert main(["segment", str(img), "-o", str(out), "--model", str(path), "--mpp", mpp, "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        gj = json.loads((out / "x.geojson").read_text())
+        table = pd.read_csv(out / "x_nuclei.csv")
+        labels = read_labels(out / "x_labels.tif")
+        assert len(gj["features"]) == len(table) == len(np.unique(labels)) - 1 > 10
+        for f in gj["features"]:
+            cls = f["properties"]["classification"]
+            assert cls["name"] in names[1:] and len(cls["color"]) == 3
+            assert f["properties"]["measurements"]["class probability background"] >= 0
+        assert set(table["class"]) <= set(names[1:])
+        assert {f"prob_{n}" for n in names} <= set(table.columns)
+        by_id = {f["properties"]["measurements"]["label_id"]: f["properties"]["classification"]["name"]
+                 for f in gj["features"]}
+        assert all(by_id[i] == c for i, c in zip(table["id"], table["class"]))
+        counts = json.loads((out / "x_provenance.json").read_text())["class_counts"]
+        assert sum(counts.values()) == len(table) and set(counts) == set(names[1:])
+        assert "by class:" in err

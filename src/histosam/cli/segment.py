@@ -196,5 +196,8 @@ def run(args: argparse.Namespace) -> int:
                   + ("; this model has an instance decoder, and AIS (the default --mode) is its automatic mode"
                      if getattr(model, "instance_decoder", None) is not None else ""), file=sys.stderr)
         print(f"{path}: {provenance.get('n_objects')} nuclei -> {names['geojson']}", file=sys.stderr)
+        if provenance.get("class_counts"):
+            print(f"{path}: by class: " + ", ".join(f"{k} {v}" for k, v in provenance["class_counts"].items()),
+                  file=sys.stderr)
     print(f"{done} done, {skipped} skipped, {len(failed)} failed", file=sys.stderr)
     return 1 if failed else 0

@@ -86,9 +86,12 @@ class _Writers:
         self._stack.callback(self.sink.abort)
         self.geojson = GeoJSONWriter(names["geojson"])
         self._stack.callback(self.geojson.abort)
+        self.class_names: tuple[str, ...] = ()
+        self.class_colors: list[list[int]] = []
+        self.class_counts: dict[str, int] = {}
 
     def add(self, crop: np.ndarray, offset: tuple[int, int], scores: np.ndarray | None,
-            measured: dict | None = None) -> None:
+            measured: dict | None = None, class_probs: np.ndarray | None = None) -> None:
         """Objects of ``crop`` (uint32, local ids 1..m, all present; ``[0, 0]`` at image ``offset``; ``scores`` one
         per id). ``measured``: where they are measured when that is not ``crop`` itself (a resampled image's
         working-frame crop, :func:`histosam.measure.resampled_crop`)."""
@@ -103,12 +106,30 @@ class _Writers:
         feats, table = instances_to_features(**measured, id_offset=self.n, mpp=self.mpp, id_namespace=self.namespace)
         for f, i in zip(feats, table["id"].tolist()):
             f["properties"].setdefault("measurements", {})["label_id"] = int(i)
+        if class_probs is not None and self.class_names:
+            self._classify(feats, table, class_probs)
         self.geojson.add(feats)
         self.tables.append(table)
         self.sink.write(r0, c0, np.where(crop > 0, crop + np.uint32(self.n), np.uint32(0)))
         self.n += m
         release_freed_memory(above_mb=self.trim_above_mb)
         self.measure_s += time.perf_counter() - t
+
+    def _classify(self, feats: list[dict], table: pd.DataFrame, probs: np.ndarray) -> None:
+        """QuPath classification (name, colour) and class probabilities per nucleus; ``probs`` row i = table row i.
+        The class is the argmax over the nucleus classes (background excluded: the nucleus was found by AIS; its
+        background probability is kept as a measurement to flag doubtful ones)."""
+        names = self.class_names
+        best = 1 + np.argmax(probs[:, 1:], axis=1)
+        table["class"] = [names[k] for k in best]
+        for k, name in enumerate(names):
+            table[f"prob_{name}"] = probs[:, k].astype(np.float64)
+        for f, k, row in zip(feats, best, probs):
+            f["properties"]["classification"] = {"name": names[k], "color": list(self.class_colors[k])}
+            meas = f["properties"].setdefault("measurements", {})
+            for j, name in enumerate(names):
+                meas[f"class probability {name}"] = float(row[j])
+            self.class_counts[names[k]] = self.class_counts.get(names[k], 0) + 1
 
     def finish(self, with_scores: bool, write_parquet: bool) -> None:
         """Write tables and labels, then finalise the GeoJSON (each atomic)."""
@@ -204,7 +225,8 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
                "measure_s": writers.measure_s, "write_s": t3 - t2, "total_s": time.perf_counter() - t0}
     _write_provenance(path, names, model, predict_maps, started, timings, writers.n, rgb.shape[:2], {
         "mode": mode, "device": device, "precision": precision, "mpp": mpp, "mpp_source": mpp_source,
-        "batch_size": batch_size, "geojson_gz": geojson_gz, **settings}, key)
+        "batch_size": batch_size, "geojson_gz": geojson_gz, **settings}, key,
+        {name: writers.class_counts.get(name, 0) for name in writers.class_names[1:]} if writers.class_names else None)
     return names
 
 
@@ -264,48 +286,49 @@ def check_params(mode: str, params: dict[str, Any]) -> None:
 
 def _run_ais(rgb: np.ndarray, model, predict_maps: PredictMaps | None, writers: _Writers, *, tile, halo, chunk,
              batch_size, device, precision, mpp, progress, desc, params) -> dict[str, Any]:
+    """The nuclei recipe (:mod:`histosam.tasks.nuclei`) streamed chunk by chunk into the writers."""
     from tqdm.auto import tqdm
 
-    from histosam.automatic import check_job, default_tiling, resample_rgb, rescale_factor, split_params
-    from histosam.postprocess.ais import AISParams
-    from histosam.tiling.engine import iter_ais_chunks
+    from histosam.tasks.nuclei import iter_nuclei_chunks, plan_nuclei, resample_rgb
     from histosam.tiling.grid import TileGrid
 
-    engine = {k: v for k, v in params.items() if k not in AISParams.__dataclass_fields__}
-    if model is not None:
-        ais, _ = split_params(model, params)
-        factor = rescale_factor(mpp, model)
-    else:
-        ais = AISParams.from_dict({k: v for k, v in params.items() if k not in engine})
-        factor = 1.0
-    check_job(rgb.shape[:2], factor, mpp, model, tile=tile, halo=halo, chunk=chunk)
+    job = plan_nuclei(model, rgb.shape[:2], mpp, tile=tile, halo=halo, chunk=chunk, batch_size=batch_size,
+                      device=device, precision=precision, params=params, predict_maps=predict_maps)
+    factor = job.factor
     work = resample_rgb(rgb, factor) if factor != 1.0 else rgb
-    shape = work.shape[:2]
-    d_tile, d_halo = default_tiling(model, shape) if model is not None else (384, 64)
-    tile, halo = tile or d_tile, d_halo if halo is None else halo
-    if predict_maps is None:
-        from histosam.inference.maps import make_map_predictor
-
-        predict_maps = make_map_predictor(model, device, precision, encoder_batch=batch_size)
-
-    def read_region(r0: int, c0: int, h: int, w: int) -> np.ndarray:
-        return work[r0: r0 + h, c0: c0 + w]
-
+    shape = job.work_shape
+    writers.class_names = job.class_names
+    writers.class_colors = class_colors(model, job.class_names)
     rows, cols = source_index(rgb.shape[0], shape[0]), source_index(rgb.shape[1], shape[1])
-    chunks = iter_ais_chunks(read_region, shape, predict_maps, tile=tile, halo=halo, chunk=chunk, params=ais,
-                             batch_size=batch_size, **engine)
-    bar = tqdm(chunks, total=len(TileGrid(shape, chunk, 0)), desc=desc, unit="chunk", disable=not progress,
-               leave=False)
+    bar = tqdm(iter_nuclei_chunks(job, work), total=len(TileGrid(shape, job.chunk, 0)), desc=desc, unit="chunk",
+               disable=not progress, leave=False)
     for res in bar:
         if res.n == 0:
             continue
         if factor == 1.0:
-            writers.add(res.labels, res.offset, res.scores)
+            writers.add(res.labels, res.offset, res.scores, class_probs=res.class_probs)
         else:
-            writers.add(*crop_to_original(res.labels, res.offset, res.scores, rows, cols),
-                        measured=resampled_crop(res.labels, res.offset, res.scores, work, rows, cols))
-    return {"tile": tile, "halo": halo, "chunk": chunk, "resample_factor": factor,
-            "working_shape": list(shape), "ais": ais.to_dict(), "engine": engine}
+            measured = resampled_crop(res.labels, res.offset, res.scores, work, rows, cols)
+            probs = None if res.class_probs is None else res.class_probs[np.asarray(measured["keep"], int) - 1]
+            writers.add(*crop_to_original(res.labels, res.offset, res.scores, rows, cols), measured=measured,
+                        class_probs=probs)
+    return job.settings()
+
+
+#: QuPath display colours of common nucleus classes (CoNSeP's four, PanNuke's five); others get a palette colour
+CLASS_COLORS = {"other": [128, 128, 128], "inflammatory": [160, 90, 160], "epithelial": [200, 0, 0],
+                "spindle-shaped": [100, 200, 100], "neoplastic": [200, 0, 0], "connective": [100, 200, 100],
+                "dead": [60, 60, 60]}
+_PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75]]
+
+
+def class_colors(model: Any, names: tuple[str, ...]) -> list[list[int]]:
+    """An RGB colour per class name: the model's ``config.class_colors`` when it has them, else
+    :data:`CLASS_COLORS`, else a fixed palette."""
+    given = list(getattr(getattr(model, "config", None), "class_colors", None) or [])
+    if len(given) == len(names):
+        return [list(map(int, c)) for c in given]
+    return [CLASS_COLORS.get(n, _PALETTE[i % len(_PALETTE)]) for i, n in enumerate(names)]
 
 
 def _run_amg(rgb: np.ndarray, model, writers: _Writers, *, device, precision, mpp, params) -> dict[str, Any]:
@@ -322,7 +345,8 @@ def _run_amg(rgb: np.ndarray, model, writers: _Writers, *, device, precision, mp
 
 
 def _write_provenance(path, names: dict[str, Path], model, predict_maps, started: str, timings: dict,
-                      n: int, shape: tuple[int, int], parameters: dict, key: dict) -> None:
+                      n: int, shape: tuple[int, int], parameters: dict, key: dict,
+                      class_counts: dict[str, int] | None = None) -> None:
     if model is not None:
         from histosam.registry.loader import describe
 
@@ -334,5 +358,5 @@ def _write_provenance(path, names: dict[str, Path], model, predict_maps, started
                               parameters=parameters, input_path=path, started=started, outputs=outputs,
                               extra={"model_details": {**details, "weights": key["model"]["weights"]},
                                      "timings": timings, "n_objects": n, "image_shape": list(shape),
-                                     "run_key": key})
+                                     "run_key": key, "class_counts": class_counts})
     write_provenance(names["provenance"], record)
