@@ -49,3 +49,15 @@ def write_nucleus_folder(folder: Path, n_images: int = 3, size: int = 80, seed: 
         Image.fromarray(img).save(folder / f"im{k}.png")
         tifffile.imwrite(folder / f"im{k}_label.tif", lab)
     return folder
+
+
+def typed_nano(names):
+    """The shipped histosam-nano with an (untrained) class head of ``names`` attached, trunk from its AIS head."""
+    import histosam
+    from histosam.models.nano import NanoClassDecoder
+
+    model = histosam.load_model("histosam-nano", device="cpu")
+    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
+                                                                 tuple(model.image_encoder.widths[:2])).eval()
+    model.config.class_names = list(names)
+    return model

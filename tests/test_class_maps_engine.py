@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import typed_nano
 from histosam.tiling.engine import iter_ais_chunks
 from histosam.wsi.fake import colour_threshold_maps
 
@@ -68,15 +69,11 @@ def test_typed_nuclei_recipe_with_a_class_head(example_image):
     import torch
 
     import histosam
-    from histosam.models.nano import NanoClassDecoder
     from histosam.tasks.nuclei import segment_typed_nuclei
 
     torch.manual_seed(0)
     names = ["background", "a", "b"]
-    model = histosam.load_model("histosam-nano", device="cpu")
-    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
-                                                                 tuple(model.image_encoder.widths[:2])).eval()
-    model.config.class_names = names
+    model = typed_nano(names)
     img = np.ascontiguousarray(example_image[:240, :260])
     for mpp in (0.25, 0.5):
         typed = segment_typed_nuclei(img, model, mpp, precision="fp32")
@@ -100,18 +97,13 @@ def test_segment_writes_classified_nuclei(tmp_path, example_image, capsys):
     import torch
     from PIL import Image
 
-    import histosam
     from histosam.cli.main import main
     from histosam.io.labels import read_labels
-    from histosam.models.nano import NanoClassDecoder
     from histosam.registry.formats import save_histosam
 
     torch.manual_seed(1)
     names = ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
-    model = histosam.load_model("histosam-nano", device="cpu")
-    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
-                                                                 tuple(model.image_encoder.widths[:2]))
-    model.config.class_names = names
+    model = typed_nano(names)
     path = save_histosam(model, tmp_path / "typed.pt")
     img = tmp_path / "x.png"
     Image.fromarray(np.ascontiguousarray(example_image[:200, :240])).save(img)

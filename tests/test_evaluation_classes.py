@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import typed_nano
 from histosam.evaluation.classes import (
     TypeStats,
     hovernet_radius,
@@ -79,15 +80,11 @@ def test_evaluate_task_classes_end_to_end(tmp_path, example_image):
 
     import histosam
     from histosam.cli.main import main
-    from histosam.models.nano import NanoClassDecoder
     from histosam.registry.formats import save_histosam
 
     torch.manual_seed(0)
     names = ["background", "other", "inflammatory"]
-    model = histosam.load_model("histosam-nano", device="cpu")
-    model.class_decoder = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names,
-                                                                 tuple(model.image_encoder.widths[:2]))
-    model.config.class_names = names
+    model = typed_nano(names)
     path = save_histosam(model, tmp_path / "typed.pt")
     data = tmp_path / "data"
     data.mkdir()
