@@ -30,7 +30,11 @@ Tasks (each one prints a line and goes into the JSON):
   positions where the nucleus is at least 128 px (half a prompt window) from every frame border.
 
 ``--prompt-window N`` passes ``prompt_window=N`` to the Predictor (0 = decode on the whole frame, the behaviour
-before issue 16); left out, the Predictor's default (or, before that option existed, the only behaviour).
+before issue 16); left out, the Predictor's default. ``--predictor-file`` runs another version of the
+Predictor, e.g. the one before prompt windows::
+
+    git show 449f3af~1:src/histosam/inference/predictor.py > /tmp/predictor_before.py
+    OMP_NUM_THREADS=1 python scripts/eval_prompts.py --predictor-file /tmp/predictor_before.py
 """
 
 from __future__ import annotations
@@ -63,11 +67,21 @@ def load(data: Path, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
     return image, np.asarray(tifffile.imread(data / f"{sample_id}_label.tif")).astype(np.uint32)
 
 
-def make_predictor(model, prompt_window: int | None):
+def make_predictor(model, prompt_window: int | None, predictor_file: Path | None = None):
     import histosam
 
+    cls = histosam.Predictor
+    if predictor_file is not None:  # another version of histosam/inference/predictor.py (before/after runs)
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("histosam_predictor_under_test", predictor_file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        cls = module.Predictor
+        print(f"Predictor from {predictor_file}", file=sys.stderr)
     kw = {} if prompt_window is None else {"prompt_window": prompt_window}
-    return histosam.Predictor(model, device="cpu", **kw)
+    return cls(model, device="cpu", **kw)
 
 
 def pearson(a, b) -> float:
@@ -220,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ids", nargs="*", default=None, help="image ids (default: val_ids of --config in --data)")
     ap.add_argument("--model", default="histosam-nano")
     ap.add_argument("--prompt-window", type=int, default=None)
+    ap.add_argument("--predictor-file", type=Path, default=None,
+                    help="take Predictor from this file (e.g. `git show REV:src/histosam/inference/predictor.py`)")
     ap.add_argument("--tasks", default="single,position")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=8)
@@ -244,7 +260,7 @@ def main(argv=None) -> int:
         print(f"no validation images in {args.data}", file=sys.stderr)
         return 1
     model = histosam.load_model(args.model, device="cpu")
-    predictor = make_predictor(model, args.prompt_window)
+    predictor = make_predictor(model, args.prompt_window, args.predictor_file)
     report: dict = {"model": model.config.name, "ids": ids, "prompt_window": args.prompt_window,
                     "effective_window": getattr(predictor, "window", None), "tasks": tasks, "images": {}}
     samples = [(i, *load(args.data, i)) for i in ids]
