@@ -171,7 +171,7 @@ def split_checkpoint(obj: Any, source: str = "checkpoint") -> CheckpointContents
         sam = {k: v for k, v in state.items() if not k.startswith("instance_decoder.")}
         dec = {k[len("instance_decoder."):]: v for k, v in state.items() if k.startswith("instance_decoder.")}
         extra = {k: v for k, v in obj.items() if k not in ("state_dict", "config")}
-        return CheckpointContents("histosam", sam, dec or None, dict(obj.get("config") or {}), extra)
+        return CheckpointContents("histosam", sam, dec or None, _config_dict(obj, source), extra)
     if "model_state" in obj:
         model_state = _tensors_only(obj["model_state"], f"{source}['model_state']")
         model_state = {k[4:] if k.startswith("sam.") else k: v for k, v in model_state.items()}
@@ -216,7 +216,58 @@ def _split_roles(obj: dict[str, Any], source: str) -> CheckpointContents:
     sam.update(states.pop("masks", {}))
     dec = states.pop("instances", None)
     extra = {k: v for k, v in obj.items() if k not in ("roles", "config")}
-    return CheckpointContents("histosam", sam or None, dec, dict(obj.get("config") or {}), extra, states)
+    return CheckpointContents("histosam", sam or None, dec, _config_dict(obj, source), extra, states)
+
+
+def _config_dict(obj: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ``config`` mapping of a histosam file (``{}`` when absent); anything else is a :class:`CheckpointError`."""
+    config = obj.get("config")
+    if config is None:
+        return {}
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{source} is a histosam file whose 'config' is a {type(config).__name__}, not a "
+                              "mapping of names to values (the file is damaged or was not written by histosam)")
+    import typing
+
+    from histosam.models.sam import ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    for key, value in config.items():
+        if key in hints and not _fits(value, hints[key]):
+            raise CheckpointError(f"{source}: config key {key!r} holds {type(value).__name__} {str(value)[:40]!r}, "
+                                  f"not {_type_name(hints[key])} (the file is damaged or was not written by histosam)")
+    return dict(config)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a plain value (as ``torch.load(weights_only=True)`` returns it) fits a type annotation."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list | tuple) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def vit_config_from_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
