@@ -133,3 +133,13 @@ class DownloadTooLargeError(RequestError):
 # raised by histosam.server.middleware
 class BodyTooLargeError(Exception):
     pass
+
+
+# raised by histosam.wsi.reader
+class MissingMppWarning(UserWarning):
+    """The slide stores no microns per pixel; :data:`DEFAULT_MPP` is assumed."""
+
+
+# raised by histosam.wsi.reader
+class SampledThumbnailWarning(UserWarning):
+    """The slide has no pyramid level near the thumbnail's resolution: the thumbnail is a strided sample."""

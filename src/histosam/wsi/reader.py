@@ -1,4 +1,4 @@
-"""Whole-slide reading: pyramid levels, microns per pixel, regions at a target resolution.
+r"""Whole-slide reading: pyramid levels, microns per pixel, regions at a target resolution.
 
 Frames: *level-0 pixels* ``(x, y)`` are the slide's full-resolution frame (OpenSlide convention);
 a *level* ``k`` pixel covers ``downsample[k]`` level-0 pixels. Arrays returned are
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histosam.errors import SlideError
+from histosam.errors import MissingMppWarning, SampledThumbnailWarning, SlideError
 from histosam.io.images import plausible_mpp, tiff_mpp
 
 #: assumed level-0 resolution when the slide stores none and the user passes no ``mpp`` (40x scan)
@@ -38,14 +38,6 @@ MAX_THUMB_PIXELS = 2**26
 THUMB_PATCH = 256
 #: fewest cells a sampled thumbnail may have (else the slide's storage layout is refused)
 MIN_THUMB_CELLS = 16
-
-
-class MissingMppWarning(UserWarning):
-    """The slide stores no microns per pixel; :data:`DEFAULT_MPP` is assumed."""
-
-
-class SampledThumbnailWarning(UserWarning):
-    """The slide has no pyramid level near the thumbnail's resolution: the thumbnail is a strided sample."""
 
 
 def _first_line(exc: BaseException) -> str:
