@@ -36,12 +36,13 @@ def test_hovernet_f_scores_hand_counted():
     s.add(true_xy, true_t, pred_xy, pred_t)
     assert (s.tp, s.fp, s.fn) == (3, 1, 1)
     assert s.f_d == pytest.approx(6 / 8)
-    # type 1: pairs (1,1) tp_c, (1,2) fn_c, (2,2) tn_c; unpaired pred of type 1: fp_d=1; unpaired true of type 1: 0
-    assert s.per_class[1] == {"tp_c": 1, "tn_c": 1, "fp_c": 0, "fn_c": 1, "fp_d": 1, "fn_d": 0}
-    assert s.f_c(1) == pytest.approx(4 / (4 + 2 + 1))
-    # type 2: (1,1) tn_c, (1,2) fp_c, (2,2) tp_c; unpaired true of type 2: fn_d=1
-    assert s.per_class[2] == {"tp_c": 1, "tn_c": 1, "fp_c": 1, "fn_c": 0, "fp_d": 0, "fn_d": 1}
-    assert s.f_c(2) == pytest.approx(4 / (4 + 2 + 1))
+    # type 1: pairs (1,1) tp_c, (1,2) fn_c; (2,2) does not involve type 1 (HoVer-Net leaves it out, no TN);
+    # unpaired pred of type 1: fp_d=1; unpaired true of type 1: 0
+    assert s.per_class[1] == {"tp_c": 1, "tn_c": 0, "fp_c": 0, "fn_c": 1, "fp_d": 1, "fn_d": 0}
+    assert s.f_c(1) == pytest.approx(2 / (2 + 2 + 1))
+    # type 2: (1,2) fp_c, (2,2) tp_c; unpaired true of type 2: fn_d=1
+    assert s.per_class[2] == {"tp_c": 1, "tn_c": 0, "fp_c": 1, "fn_c": 0, "fp_d": 0, "fn_d": 1}
+    assert s.f_c(2) == pytest.approx(2 / (2 + 2 + 1))
 
 
 def test_vote_keeps_background_dominated_instances_typed():
@@ -67,8 +68,8 @@ def test_type_stats_on_label_images():
     pl[3:9, 3:9], pl[30:36, 2:8] = 5, 7
     stats = type_stats([tl], [tc], [pl], [{5: 3, 7: 4}], classes=(1, 2, 3, 4))
     assert (stats.tp, stats.fp, stats.fn) == (1, 1, 1)
-    # type 4: the pair is a TN, its true and predicted nuclei are both unpaired: 2 / (2 + 1 + 1)
-    assert stats.f_c(3) == pytest.approx(1.0) and stats.f_c(4) == pytest.approx(0.5)
+    # type 4: the only pair does not involve it; its true and predicted nuclei are both unpaired: 0 / (0 + 1 + 1)
+    assert stats.f_c(3) == pytest.approx(1.0) and stats.f_c(4) == pytest.approx(0.0)
 
 
 def test_evaluate_task_classes_end_to_end(tmp_path, example_image):

@@ -5,9 +5,11 @@ are paired by Hungarian assignment on their distance, pairs farther apart than `
 scaled with the pixel size) are dropped. Counts are summed over all images, then
 
 - detection ``F_d = 2·TP / (2·TP + FP + FN)`` (TP paired, FP unpaired predictions, FN unpaired true nuclei);
-- per type t: among the pairs, ``TP_c`` both of type t, ``TN_c`` neither, ``FP_c`` predicted t but true another,
-  ``FN_c`` true t but predicted another; with ``FP_d^t`` / ``FN_d^t`` the unpaired predictions / true nuclei of
-  type t: ``F_c^t = 2(TP_c+TN_c) / (2(TP_c+TN_c) + 2·FP_c + 2·FN_c + FP_d^t + FN_d^t)``.
+- per type t: HoVer-Net first keeps only the pairs in which the true **or** the predicted type is t; among them
+  ``TP_c`` both of type t, ``TN_c`` neither (so always 0 after that selection; the term stays in the formula as
+  HoVer-Net writes it), ``FP_c`` predicted t but true another, ``FN_c`` true t but predicted another; with
+  ``FP_d^t`` / ``FN_d^t`` the unpaired predictions / true nuclei of type t:
+  ``F_c^t = 2(TP_c+TN_c) / (2(TP_c+TN_c) + 2·FP_c + 2·FN_c + FP_d^t + FN_d^t)``.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class TypeStats:
             if a in index and b in index:
                 self.confusion[index[a], index[b]] += 1
         for t, c in self.per_class.items():
+            sel = (tt == t) | (pt == t)  # HoVer-Net's type samples: pairs involving t (TN is then always 0)
             c["tp_c"] += int(((tt == t) & (pt == t)).sum())
-            c["tn_c"] += int(((tt != t) & (pt != t)).sum())
+            c["tn_c"] += int(((tt[sel] != t) & (pt[sel] != t)).sum())
             c["fp_c"] += int(((tt != t) & (pt == t)).sum())
             c["fn_c"] += int(((tt == t) & (pt != t)).sum())
             c["fp_d"] += int((pred_types[~paired_p] == t).sum())
