@@ -826,7 +826,7 @@ def slide_cases() -> list[CliCase]:
         slide_case("declares-30000x30000-strips-of-16-rows.tif",
                    _file("hugestrips.tif", lambda f: craft_tiff(30000, 30000, rows_per_strip=16,
                                                                 segment=zlib_tile(16, 30000), compression=8)),
-                   "any"),
+                   "ok"),
         slide_case("declares-1000000x1000000.svs",
                    _file("giant.svs", lambda f: _huge_declared(f, 10**6, 10**6, tile=(4096, 4096))), "fail",
                    "too large"),

@@ -8,7 +8,7 @@ Backends, tried in order: OpenSlide (openslide-python + openslide-bin wheel), ti
 pyramids, generic tiled TIFF), tifffile (any TIFF tifffile can read, levels = pages/series levels).
 OME-TIFF goes to tiffslide first, because OpenSlide shows only its first level. A backend must also decode one
 pixel (OpenSlide opens 32-bit float TIFFs it cannot read). Pixels a backend cannot decode (truncated files, damaged
-tiles) are one-line :class:`~histosam.errors.SlideError`\ s. Thumbnails are bounded work whatever the header
+tiles) raise a one-line :class:`~histosam.errors.SlideError`. Thumbnails are bounded work whatever the header
 declares (:meth:`SlideReader.thumbnail`: a pyramid level, else a strided sample of tiles, else a refusal).
 """
 
@@ -339,9 +339,10 @@ class SlideReader:
         ds = self.level_downsamples[level]
         seg = self.segment_shape(level) or (256, 256)
         seg_h, seg_w = min(max(seg[0], 1), lh), min(max(seg[1], 1), lw)
-        # one sample = the smallest block of whole segments of at least THUMB_PATCH px per side (clipped)
-        ph = min(lh, -(-min(THUMB_PATCH, lh) // seg_h) * seg_h)
+        # one sample = whole segments: at least THUMB_PATCH px wide, then enough rows for THUMB_PATCH² px (one
+        # strip of a wide stripped image is a sample; clipped to the level)
         pw = min(lw, -(-min(THUMB_PATCH, lw) // seg_w) * seg_w)
+        ph = min(lh, -(-min(-(-THUMB_PATCH**2 // pw), lh) // seg_h) * seg_h)
         n_cells = int(THUMB_SAMPLE_BUDGET // (ph * pw))
         if n_cells < MIN_THUMB_CELLS:
             raise SlideError(
