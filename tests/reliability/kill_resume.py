@@ -182,17 +182,21 @@ def segment_kill_resume(tmp: Path, ctx: Ctx, reps: int, seed: int = 0, delay: fl
     out: list[Rep] = []
     for k in range(reps):
         rep = Rep(seed=seed * 1000 + k)
-        run_dir = tmp / f"killed{k}"
-        argv = segment_argv(inputs, run_dir, ctx)
-        proc = subprocess.Popen([sys.executable, "-c", SEGMENT_SCRIPT, "-", "-", str(delay), *argv],
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target, extra = rng.randrange(n_images), rng.uniform(0.0, 1.2)
+        for attempt in range(4):  # a run that ends before its kill is started again with a shorter delay
+            run_dir = tmp / f"killed{k}" if attempt == 0 else tmp / f"killed{k}-{attempt}"
+            argv = segment_argv(inputs, run_dir, ctx)
+            proc = subprocess.Popen([sys.executable, "-c", SEGMENT_SCRIPT, "-", "-", str(delay), *argv],
+                                    env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-        def progress(d=run_dir) -> int:
-            return len(list(d.glob("*_provenance.json"))) if d.is_dir() else 0
+            def progress(d=run_dir) -> int:
+                return len(list(d.glob("*_provenance.json"))) if d.is_dir() else 0
 
-        rep.killed_after = _kill_when(proc, progress, rng.randrange(n_images), rng.uniform(0.0, 1.2))
-        rep.killed = rep.killed_after.startswith("SIGKILL")
+            rep.killed_after = _kill_when(proc, progress, target, extra / 4**attempt)
+            rep.killed = rep.killed_after.startswith("SIGKILL")
+            if rep.killed:
+                break
         rep.temp_left_after_kill = len(temp_files(run_dir)) if run_dir.exists() else 0
         with fast_models(ctx):
             res = run_main(argv, tmp)
@@ -229,16 +233,19 @@ def slide_kill_resume(tmp: Path, ctx: Ctx, reps: int, seed: int = 0, delay: floa
     out: list[Rep] = []
     for k in range(reps):
         rep = Rep(seed=seed * 1000 + k)
-        run_dir = tmp / f"killed{k}"
-        argv = slide_argv(slide, run_dir)
-        proc = subprocess.Popen([sys.executable, "-c", SLIDE_SCRIPT, "-", "-", str(delay), *argv],
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         # targets 0..n: n kills during the final merge (every chunk committed, outputs being written)
-        target = rng.randrange(n_chunks + 1)
-        rep.killed_after = _kill_when(proc, lambda d=run_dir: _count_store(d / "syn.chunks.sqlite"), target,
-                                      rng.uniform(0.0, 0.4))
-        rep.killed = rep.killed_after.startswith("SIGKILL")
+        target, extra = rng.randrange(n_chunks + 1), rng.uniform(0.0, 0.4)
+        for attempt in range(4):  # a run that ends before its kill is started again with a shorter delay
+            run_dir = tmp / f"killed{k}" if attempt == 0 else tmp / f"killed{k}-{attempt}"
+            argv = slide_argv(slide, run_dir)
+            proc = subprocess.Popen([sys.executable, "-c", SLIDE_SCRIPT, "-", "-", str(delay), *argv],
+                                    env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rep.killed_after = _kill_when(proc, lambda d=run_dir: _count_store(d / "syn.chunks.sqlite"), target,
+                                          extra / 4**attempt)
+            rep.killed = rep.killed_after.startswith("SIGKILL")
+            if rep.killed:
+                break
         rep.temp_left_after_kill = len(temp_files(run_dir)) if run_dir.exists() else 0
         res = run_main(argv, tmp)
         rep.rerun_rc = res.rc
