@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import typed_nano
 from histosam.tiling.engine import iter_ais_chunks
 from histosam.wsi.fake import colour_threshold_maps
+from testlib import typed_nano
 
 K = 3
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import typed_nano
 from histosam.evaluation.classes import (
     TypeStats,
     hovernet_radius,
@@ -14,6 +13,7 @@ from histosam.evaluation.classes import (
     type_stats,
     vote_classes,
 )
+from testlib import typed_nano
 
 
 def test_pairing_radius_and_hungarian():

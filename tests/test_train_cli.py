@@ -54,8 +54,8 @@ def test_shipped_configs_are_valid():
 
 def test_cli_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("histosam.models.build")
-    from conftest import write_nucleus_folder
     from histosam.cli.main import main
+    from testlib import write_nucleus_folder
 
     data = write_nucleus_folder(tmp_path / "data")
     cfg = tmp_path / "tiny.yaml"

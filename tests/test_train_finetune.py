@@ -7,9 +7,9 @@ import torch
 import yaml
 
 import histosam
-from conftest import write_nucleus_folder
 from histosam.models.build import build_model
 from histosam.registry.formats import export_micro_sam
+from testlib import write_nucleus_folder
 
 
 @pytest.mark.parametrize("mode", ["mask_decoder", "decoders"])
