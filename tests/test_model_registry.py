@@ -162,3 +162,15 @@ def test_class_head_travels_with_the_checkpoint(tmp_path):
     with torch.no_grad():
         emb, skips = back.encode(frame)
         assert back.decode_classes(emb, skips, frame).shape == (1, len(names), 64, 64)
+
+
+def test_shipped_class_head_loads_by_name_on_top_of_the_shipped_model():
+    """histosam-nano-classes = the packaged histosam-nano file + the packaged class-head file (role 'classes'),
+    both checked against their sha256: the same encoder and AIS weights, plus CoNSeP's four classes."""
+    typed = load_model("histosam-nano-classes", device="cpu")
+    plain = load_model("histosam-nano", device="cpu")
+    assert typed.config.class_names == ["background", "other", "inflammatory", "epithelial", "spindle-shaped"]
+    assert len(typed.config.class_colors) == 5 and typed.contracts()["classes"].channels == 5
+    for k, v in plain.state_dict().items():
+        assert torch.equal(typed.state_dict()[k], v), k
+    assert plain.class_decoder is None

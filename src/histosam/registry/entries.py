@@ -84,8 +84,16 @@ def _pathosam(size: str, model_id: str, model_hash: str, dec_id: str, dec_hash: 
 
 #: sha256 of the shipped ``weights/histosam-nano.pt``, checked every time it is loaded (update it with the file)
 PACKAGED_NANO_SHA256 = "sha256:d0c44232da693232c705e820aef10a97bd19987b73de3a6ee8b0dd4f2ebaf689"
+#: sha256 of the shipped class head (``weights/histosam-nano-classes.pt``: role ``classes`` only)
+PACKAGED_NANO_CLASSES_SHA256 = "sha256:d4ba9d79113a5ab8bbb4771cfb43f28e77056cdb6a871e265bde8c117daf50a3"
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
+    ModelEntry("histosam-nano-classes", "nano", None, PACKAGED_NANO_SHA256, "histosam-nano.pt",
+               "histosam-nano + a nucleus-class head (CoNSeP: other, inflammatory, epithelial, spindle-shaped), "
+               "shipped as a separate head file", "CC BY-NC-SA 4.0 (MoNuSeg) + CoNSeP research use",
+               packaged="weights/histosam-nano.pt",
+               extra_files=(("classes", "package:weights/histosam-nano-classes.pt", PACKAGED_NANO_CLASSES_SHA256,
+                             "histosam-nano-classes.pt"),)),
     ModelEntry("histosam-nano", "nano", None, PACKAGED_NANO_SHA256, "histosam-nano.pt",
                "histosam's embedded default: compact CNN encoder + SAM decoder + AIS decoder, trained on MoNuSeg",
                "CC BY-NC-SA 4.0 (trained on MoNuSeg)", packaged="weights/histosam-nano.pt"),

@@ -70,6 +70,8 @@ def verify_entry(name: str) -> list[tuple[Path, str]]:
     files = [(PACKAGE_ROOT / entry.packaged, entry.hash)] if entry.packaged else [
         (cache_dir() / entry.filename, entry.hash)] + (
         [(cache_dir() / entry.decoder_filename, entry.decoder_hash)] if entry.decoder_filename else [])
+    files += [(PACKAGE_ROOT / url[len("package:"):] if url.startswith("package:") else cache_dir() / filename, digest)
+              for _, url, digest, filename in entry.extra_files]
     out = []
     for path, expected in files:
         if not path.is_file():
@@ -88,7 +90,30 @@ def extra_role_files(name_or_path: str | os.PathLike) -> list[tuple[str, Path]]:
     if text not in REGISTRY and text not in URL_ALIASES:
         return []
     entry = get_entry(text)
-    return [(role, fetch(url, filename, digest)) for role, url, digest, filename in entry.extra_files]
+    out = []
+    for role, url, digest, filename in entry.extra_files:
+        if url.startswith("package:"):  # shipped inside the package: checked against its hash on every load
+            path = PACKAGE_ROOT / url[len("package:"):]
+            if not path.is_file():
+                raise CheckpointError(f"the packaged {role} file of {entry.name} is missing from this installation "
+                                      f"({path})")
+            verify_file(path, digest, f"the packaged {role} weights of {entry.name}",
+                        "reinstall histosam or restore the file from the repository")
+            out.append((role, path))
+        else:
+            out.append((role, fetch(url, filename, digest)))
+    return out
+
+
+def _add_class_slot(model: SegmentAnything, names: list[str], colors: list, source: str) -> None:
+    """Give ``model`` an (untrained) class head of ``names`` built by its architecture's builder."""
+    if len(names) < 2:
+        raise CheckpointError(f"{source} holds a class head but names no classes in its config")
+    fresh = build_model(model.config.architecture, instance_decoder=None, class_names=names,
+                        **dict(model.config.overrides))
+    model.class_decoder = fresh.class_decoder.to(model.device)
+    model.config.class_names = names
+    model.config.class_colors = colors
 
 
 def apply_role(model: SegmentAnything, role: str, state: dict[str, torch.Tensor], source: str) -> None:
@@ -208,6 +233,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
         if role not in part.roles:
             raise CheckpointError(f"{role_path} was registered as the {role!r} weights of {name!r} but holds "
                                   f"{sorted(part.roles) or 'no weights'}")
+        if role == "classes" and model.class_decoder is None:
+            _add_class_slot(model, list((part.config or {}).get("class_names") or []),
+                            list((part.config or {}).get("class_colors") or []), str(role_path))
         apply_role(model, role, part.roles[role], str(role_path))
     if require_decoder and model.instance_decoder is None:
         raise CheckpointError(f"model {name!r} has no instance decoder (AIS needs one): use a PathoSAM/micro-sam "
