@@ -22,13 +22,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def device_value(text: str) -> str:
+    """argparse type: a torch device this machine has (cpu, cuda, cuda:N, mps)."""
+    from histosam.errors import ParameterError
+    from histosam.inference.runtime import resolve_device
+
+    try:
+        resolve_device(text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, model_help: str = "",
                       precision: bool = True, allow_pickle: bool = True) -> None:
     """``--model``, ``--device``, ``--precision`` and ``--allow-pickle`` (the last two optional per command)."""
     p.add_argument("--model", default=None,
                    help="registered model name (`histosam models`) or checkpoint path (default: the embedded "
                    "default model, histosam-nano)" + (f"; {model_help}" if model_help else ""))
-    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, "
+    p.add_argument("--device", type=device_value, default=None,
+                   help="torch device: cpu, cuda, cuda:N, mps (default: cuda if available, "
                    "else cpu)")
     if precision:
         p.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -39,7 +52,19 @@ def add_model_options(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, m
                        "files you trust)")
 
 
+#: pixel sizes accepted from the command line (µm/px): from far beyond 100× to a coarse overview
+MPP_RANGE = (0.01, 100.0)
+
+
+def mpp_value(text: str) -> float:
+    """argparse type: a pixel size in :data:`MPP_RANGE` µm/px."""
+    value = positive_float(text)
+    if not MPP_RANGE[0] <= value <= MPP_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"must be between {MPP_RANGE[0]} and {MPP_RANGE[1]:g} µm/px, got {text!r}")
+    return value
+
+
 def add_mpp_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
     """``--mpp``: the pixel size of the inputs in µm/px (``what`` says which inputs and the default)."""
-    p.add_argument("--mpp", type=positive_float, default=None, metavar="UM_PER_PX",
+    p.add_argument("--mpp", type=mpp_value, default=None, metavar="UM_PER_PX",
                    help=f"µm per pixel of {what}")

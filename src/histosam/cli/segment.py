@@ -104,11 +104,21 @@ def _expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             p = Path(item)
             errors.append((item, "folder holds no image files" if p.is_dir() else "no files match this pattern"))
         for q in found:
-            key = q.resolve()
+            try:
+                key = q.resolve()
+            except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable folder
+                errors.append((str(q), f"cannot be resolved ({exc.__class__.__name__}: {exc})"))
+                continue
             if key not in seen:
                 seen.add(key)
                 paths.append(q)
     return paths, errors
+
+
+def shown(what: str | Path) -> str:
+    """A path for a one-line message: control characters (a newline in a file name) escaped."""
+    text = str(what)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -138,17 +148,23 @@ def run(args: argparse.Namespace) -> int:
     check_params(args.mode, params)  # values too, once for all inputs
     paths, failed = _expand(args.inputs)
     out_dir = Path(args.output)
-    if out_dir.is_dir():  # label images written by an earlier run into the same folder are not inputs
-        ours = out_dir.resolve()
-        paths = [p for p in paths if not (p.name.endswith("_labels.tif") and p.parent.resolve() == ours)]
+    try:
+        if out_dir.is_dir():  # label images written by an earlier run into the same folder are not inputs
+            ours = out_dir.resolve()
+            paths = [p for p in paths if not (p.name.endswith("_labels.tif") and p.parent.resolve() == ours)]
+    except OSError as exc:
+        raise HistosamError(f"output folder {shown(out_dir)} cannot be used: {exc.strerror or exc}") from exc
 
     def fail(what: str, msg: str) -> None:
         failed.append((what, msg))
-        print(f"histosam segment: {what}: error: {msg}", file=sys.stderr)
+        print(f"histosam segment: {shown(what)}: error: {shown(msg)}", file=sys.stderr)
 
     for item, msg in list(failed):
-        print(f"histosam segment: {item}: error: {msg}", file=sys.stderr)
+        print(f"histosam segment: {shown(item)}: error: {shown(msg)}", file=sys.stderr)
     if not paths:
+        if failed:  # each failed input has had its line
+            print(f"0 done, 0 skipped, {len(failed)} failed", file=sys.stderr)
+            return 1
         raise HistosamError("no input images found")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     model = None

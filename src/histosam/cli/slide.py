@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from histosam.cli.options import add_model_options, add_mpp_option
+from histosam.cli.options import add_model_options, add_mpp_option, mpp_value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
     g = p.add_argument_group("resolution and region")
     add_mpp_option(g, "the slides' level 0 (overrides their metadata; default: the metadata, else 0.25)")
-    g.add_argument("--target-mpp", type=float, default=0.25,
+    g.add_argument("--target-mpp", type=mpp_value, default=0.25,
                    help="working resolution of the model in µm/px (default 0.25)")
     g.add_argument("--roi", default=None, help="QuPath GeoJSON file or x,y,w,h box in level-0 pixels")
     g.add_argument("--no-tissue-mask", action="store_true", help="process the whole slide / ROI")
@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         tile, halo = default_tiling(predict.loaded_model, (1 << 20, 1 << 20))
     tile = args.tile if args.tile is not None else tile
     halo = args.halo if args.halo is not None else halo
+    from histosam.limits import check_tiling
+
+    check_tiling(tile, halo, args.chunk)
     roi = parse_roi(args.roi)
     client = cluster = None
     if args.workers and args.workers > 0:

@@ -337,13 +337,13 @@ class Predictor:
                 out_masks[idx, :, tile.row: tile.row + tile.h, tile.col: tile.col + tile.w] = full.cpu().numpy()
                 continue
             side = windows[0][2] * stride
-            full = (torch.nn.functional.interpolate(logits, (side, side), mode="bilinear", align_corners=False)
+            win_masks = (torch.nn.functional.interpolate(logits, (side, side), mode="bilinear", align_corners=False)
                     > 0.0).cpu().numpy()
             for k, (i, (wr, wc, _)) in enumerate(zip(idx, windows)):
                 r0, c0 = wr * stride, wc * stride  # in the tile; the window may reach into the frame's padding
                 r1, c1 = min(r0 + side, tile.h), min(c0 + side, tile.w)
                 out_masks[i, :, tile.row + r0: tile.row + r1, tile.col + c0: tile.col + c1] = \
-                    full[k, :, : r1 - r0, : c1 - c0]
+                    win_masks[k, :, : r1 - r0, : c1 - c0]
         if self.scale != 1.0:  # masks back to the caller's pixel grid (nearest)
             from histosam.automatic import resample_labels
 
@@ -386,7 +386,7 @@ class Predictor:
         ``mask_input`` moved into that tile's frame); the empty result."""
         tiles = self._require_image()
         pts, lbl, boxes, masks, b = _batch_prompts(points, labels, box, mask_input)
-        want = tuple(self.model.prompt_encoder.mask_input_size)
+        want = tuple(self.model.prompt_encoder.mask_input_size)  # type: ignore[arg-type]
         if masks is not None and tuple(masks.shape[-2:]) != want:
             raise HistosamError(f"mask_input must be {want[0]}×{want[1]} low-res logits of the frame (a "
                                 f"low_res_logits row), got {masks.shape[-2]}×{masks.shape[-1]}")
@@ -400,7 +400,8 @@ class Predictor:
         origins = self._mask_origins(masks, mask_origin, b)
         assign = []
         for i in range(b):
-            keep = self._tile_of_origin(tiles, origins[i]) if origins[i] is not None else None
+            origin = origins[i]
+            keep = self._tile_of_origin(tiles, origin) if origin is not None else None
             if keep is None or not self._fits(tiles[keep], pts, lbl, boxes, i):
                 keep = self._choose_tile(tiles, pts, boxes, i)
             assign.append(keep)
@@ -468,6 +469,7 @@ class Predictor:
         """(row, col, side) in embedding cells of ``tile``: the window a prompt set is decoded in."""
         stride = self.model.embedding_stride
         cells = self.frame // stride
+        assert self.window is not None  # windows are placed only when the predictor decodes in windows
         base = self.window // stride
         xy = _prompt_xy(pts, lbl, boxes, i)
         region = None
@@ -517,16 +519,18 @@ class Predictor:
             for start in range(0, len(rows), batch_size):
                 idx = rows[start: start + batch_size]
                 wins = [plan.windows[i] for i in idx]
+                assert out.window is not None
                 if wins[0] is None:
                     logits, iou = self._decode(tile, emb, plan.points, plan.labels, plan.boxes, plan.masks, idx,
                                                plan.multimask)
                     frame_logits = logits.cpu().numpy()
                     out.window[idx] = (tile.row, tile.col, self.frame, self.frame)
                 else:
-                    logits, iou = self._decode_windows(tile, emb, plan, idx, wins)
-                    frame_logits = self._paste(logits.cpu().numpy(), wins, emb.shape[-2:])
-                    out.window[idx] = [(tile.row + r * stride, tile.col + c * stride, s * stride, s * stride)
-                                       for r, c, s in wins]
+                    placed = [w for w in wins if w is not None]  # a group shares one window side: all placed
+                    logits, iou = self._decode_windows(tile, emb, plan, idx, placed)
+                    frame_logits = self._paste(logits.cpu().numpy(), placed, emb.shape[-2:])
+                    out.window[idx] = [(tile.row + r * stride, tile.col + c * stride, sd * stride, sd * stride)
+                                       for r, c, sd in placed]
                 if out.low_res_logits.shape[-1] == 0:
                     out.low_res_logits = np.zeros((*out.scores.shape, *frame_logits.shape[-2:]), dtype=np.float32)
                 out.low_res_logits[idx] = frame_logits
@@ -556,6 +560,7 @@ class Predictor:
         shift = np.array([(tile.col + c * stride, tile.row + r * stride) for r, c, _ in wins], np.float32)
         kwargs = {}
         if plan.points is not None:
+            assert plan.labels is not None  # points always come with labels (_batch_prompts)
             kwargs["point_coords"] = torch.from_numpy(plan.points[idx] - shift[:, None, :]).to(dev)
             kwargs["point_labels"] = torch.from_numpy(plan.labels[idx]).to(dev)
         if plan.boxes is not None:

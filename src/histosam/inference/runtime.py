@@ -42,7 +42,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` → CUDA when available, else CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ParameterError(f"device {device!r} is not available here ({n} CUDA device(s)); use --device cpu")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ParameterError(f"device {device!r} is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ParameterError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
+    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -227,16 +227,17 @@ def sweep_temp_files(folder: str | os.PathLike, stem: str) -> list[Path]:
 def make_dirs(folder: Path) -> list[Path]:
     """Create ``folder`` (and missing parents); returns the folders created, deepest first. A file in the way is
     a one-line error."""
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"output folder {folder} exists and is not a folder (-o)")
     created = []
-    p = folder
-    while not p.exists():
-        created.append(p)
-        p = p.parent
     try:
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"output folder {folder} exists and is not a folder (-o)")
+        p = folder
+        while not p.exists():
+            created.append(p)
+            p = p.parent
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    except OSError as exc:  # a name too long, no permission, a read-only file system
+        remove_empty_dirs(created)
         raise OutputError(f"cannot create output folder {folder}: {exc.strerror or exc}") from exc
     return created
 

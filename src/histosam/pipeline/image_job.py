@@ -132,13 +132,20 @@ class _Writers:
             self.class_counts[names[k]] = self.class_counts.get(names[k], 0) + 1
 
     def finish(self, with_scores: bool, write_parquet: bool) -> None:
-        """Write tables and labels, then finalise the GeoJSON (each atomic)."""
+        """Write tables and labels, then finalise the GeoJSON (each atomic); a failure removes the tables this call
+        wrote (the set is either complete or absent)."""
         table = pd.concat(self.tables, ignore_index=True) if self.tables else _empty_table(
             self.rgb, with_scores, self.mpp)
-        write_table(self.names["csv"], table)
-        if write_parquet:
-            write_table(self.names["parquet"], table)
-        self.sink.close()
+        written: list[Path] = []
+        try:
+            for key in ("csv", "parquet") if write_parquet else ("csv",):
+                write_table(self.names[key], table)
+                written.append(self.names[key])
+            self.sink.close()
+        except BaseException:
+            for p in written:
+                p.unlink(missing_ok=True)
+            raise
         self._stack.pop_all()
         self.geojson.close()
 
@@ -201,6 +208,8 @@ def segment_file(path: str | os.PathLike, out_dir: str | os.PathLike, model: Any
         from histosam.automatic import check_job, rescale_factor
 
         check_job(rgb.shape[:2], rescale_factor(mpp, model), mpp, model, tile=tile, halo=halo, chunk=chunk)
+    _check_name_lengths(path, output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz,
+                                           write_parquet=write_parquet))
     created = make_dirs(out_dir)
     sweep_temp_files(out_dir, image_stem(path))  # leftovers of an interrupted run
     names = output_names(path, out_dir, shape=rgb.shape[:2], geojson_gz=geojson_gz, write_parquet=write_parquet)
@@ -265,6 +274,16 @@ def existing_outputs(path: str | os.PathLike, out_dir: str | os.PathLike, key: d
         return None
     check_run_key(old, key, what=f"{done['provenance']}")
     return done
+
+
+def _check_name_lengths(path: str | os.PathLike, names: dict[str, Path]) -> None:
+    """Refuse, before anything is created, output file names longer than the file system takes (255 bytes)."""
+    for p in names.values():
+        if len(p.name.encode("utf-8", "surrogateescape")) > 255:
+            from histosam.errors import OutputError
+
+            raise OutputError(f"{path}: the output file name {p.name[:24]}…{p.name[-24:]} is longer than file systems "
+                              f"allow (255 bytes); rename the input")
 
 
 def check_params(mode: str, params: dict[str, Any]) -> None:

@@ -47,7 +47,14 @@ class AMGParams:
             from histosam.errors import HistosamError
 
             raise HistosamError(f"unknown AMG parameters: {sorted(unknown)}")
-        return cls(**values)
+        params = cls(**values)
+        for name in ("points_per_side", "points_per_batch"):
+            value = getattr(params, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                from histosam.errors import ParameterError
+
+                raise ParameterError(f"AMG parameter {name} must be an integer >= 1, got {value!r}")
+        return params
 
 
 @dataclass

@@ -111,7 +111,9 @@ def _add_class_slot(model: SegmentAnything, names: list[str], colors: list, sour
         raise CheckpointError(f"{source} holds a class head but names no classes in its config")
     fresh = build_model(model.config.architecture, instance_decoder=None, class_names=names,
                         **dict(model.config.overrides))
-    model.class_decoder = fresh.class_decoder.to(model.device)
+    head = fresh.class_decoder
+    assert head is not None  # the builder made one from class_names
+    model.class_decoder = head.to(model.device)
     model.config.class_names = names
     model.config.class_colors = colors
 
@@ -243,8 +245,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str | torc
     set_bn_mode = getattr(model.instance_decoder, "set_bn_mode", None)
     if callable(set_bn_mode):
         set_bn_mode(bn_mode)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from histosam.inference.runtime import resolve_device
+
+    device = resolve_device(device)  # a one-line ParameterError for unknown or absent devices
     model = model.to(device=device, dtype=dtype).eval()
     model.checkpoint_path = str(path)
     return model

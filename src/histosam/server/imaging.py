@@ -59,7 +59,10 @@ def _b64_to_bytes(b64: str) -> bytes:
 def _to_rgb(img) -> np.ndarray:  # img: PIL.Image.Image
     mode = img.mode
     if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float gray
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        arr = np.asarray(img, dtype=np.float64)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:  # as the CLI: no scaling rule can tell what NaN/inf stand for
+            raise ImageError(f"the float image has {bad} non-finite value(s) (NaN or ±inf)")
         if mode == "F" and arr.max(initial=0.0) <= 1.0:
             arr = arr * 255.0  # float in [0, 1]
         elif mode != "F" and (mode.startswith("I;16") or arr.max(initial=0.0) > 255):

@@ -175,6 +175,11 @@ def _segment_slide(path: Path, outdir: Path, stem: str, predict_maps: PredictMap
                    halo, chunk, context, batch_size, params, tissue_mpp, use_tissue, client, overwrite, csv_table,
                    progress, model_name, cache_mb, t_start) -> dict:
     with open_slide(path, mpp=mpp) as slide:
+        from histosam.limits import MAX_UPSAMPLE, LimitError
+
+        if slide.mpp / float(target_mpp) > MAX_UPSAMPLE:
+            raise LimitError(f"--target-mpp {target_mpp:g} would upsample the slide ({slide.mpp:g} µm/px at level 0) "
+                             f"{slide.mpp / float(target_mpp):.0f}× (at most {MAX_UPSAMPLE:g}× is allowed)")
         plan = make_plan(slide, target_mpp, roi=roi, tile=tile, halo=halo, chunk=chunk, context=context,
                          batch_size=batch_size, params=dict(params or {}))
         key = slide_run_key(path, predict_maps, {

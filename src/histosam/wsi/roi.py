@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,8 @@ def parse_roi(spec: str | None) -> Roi | None:
             x, y, w, h = (float(v) for v in parts)
         except ValueError as exc:
             raise RoiError(f"ROI box must be x,y,w,h numbers, got {spec!r}") from exc
+        if not all(map(math.isfinite, (x, y, w, h))):
+            raise RoiError(f"ROI box must be finite numbers, got {spec!r}")
         if w <= 0 or h <= 0:
             raise RoiError(f"ROI box width and height must be > 0, got {spec!r}")
         return Roi(x, y, w, h)
