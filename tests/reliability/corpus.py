@@ -98,12 +98,9 @@ class HttpCase:
 
 # ---------------------------------------------------------------------------------------------------- defects
 #: known defects (reported, not fixed here): the cases naming them are xfail(strict=True) and pass once fixed
-JPEG_SHORT_SCAN = ("io.images.read_image accepts a JPEG whose scan data ends early: libjpeg fills the missing "
-                   "rows with grey, so a 1.7 KB file whose SOF declares 4000x4000 is segmented as 16 Mpx of grey "
-                   "(12000x12000: a 144 Mpx job, 53 s with the fast predictor) instead of refused as corrupt")
+JPEG_SHORT_SCAN = None  # fixed in session 7 (was: a known defect; the case now holds)
 
-TIFF_JPEG_SHORT = ("io.images.read_image accepts a JPEG-compressed TIFF cut at half its size: the truncated "
-                   "JPEG strip decodes leniently and the image is segmented instead of refused as corrupt")
+TIFF_JPEG_SHORT = None  # fixed in session 7 (was: a known defect; the case now holds)
 SYMLINK_LOOP = None  # fixed in session 7 (was: a known defect; the case now holds)
 NO_INPUTS_TWO_LINES = None  # fixed in session 7 (was: a known defect; the case now holds)
 LONG_NAME_EMPTY_DIR = None  # fixed in session 7 (was: a known defect; the case now holds)

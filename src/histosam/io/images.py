@@ -91,12 +91,15 @@ def read_image(path: str | os.PathLike, stretch: str | None = None) -> np.ndarra
             with tifffile.TiffFile(path) as tif:
                 shape = tuple(tif.series[0].shape) if tif.series else ()
                 _check_pixels(path, shape, cap)
+                _check_tiff_complete(path, tif)
                 array = tif.asarray()
         else:
             from PIL import Image
 
             with Image.open(path) as im:
                 _check_pixels(path, (im.size[1], im.size[0]), cap)
+                if im.format == "JPEG":
+                    _check_jpeg_size(path, im.size)
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     array = np.asarray(im).astype(np.uint16 if im.mode.startswith("I;16") else np.int64)
@@ -133,6 +136,30 @@ def _stretch(a: np.ndarray, per_channel: bool) -> np.ndarray:
     hi = a.max(axis=axes, keepdims=True)
     scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1e-12), 0.0)
     return np.clip((a - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def _check_tiff_complete(path: Path, tif) -> None:
+    """Refuse a TIFF whose first image's strips or tiles reach past the end of the file (a truncated copy: the
+    decoders would fill the missing part instead of failing)."""
+    size = path.stat().st_size
+    page = tif.pages[0]
+    ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+    if ends and max(ends) > size:
+        raise ImageError(f"{path}: the file is truncated (its image data reach byte {max(ends)}, the file has "
+                         f"{size} bytes)")
+
+
+#: fewer bytes per 8×8 block than any complete baseline JPEG needs (a constant image takes ~0.4 byte a block)
+_JPEG_MIN_BYTES_PER_BLOCK = 0.1
+
+
+def _check_jpeg_size(path: Path, size: tuple[int, int]) -> None:
+    """Refuse a JPEG far too small for the pixels its header declares: its scan data end early and libjpeg would
+    fill the missing rows with grey instead of failing."""
+    blocks = (size[0] / 8.0) * (size[1] / 8.0)
+    if path.stat().st_size < blocks * _JPEG_MIN_BYTES_PER_BLOCK:
+        raise ImageError(f"{path}: the JPEG is truncated or corrupt ({path.stat().st_size} bytes for the "
+                         f"{size[0]}×{size[1]} px its header declares)")
 
 
 def _check_finite(a: np.ndarray) -> None:
