@@ -18,7 +18,7 @@ from histosam.wsi.fake import colour_threshold_maps
 from histosam.wsi.pipeline import segment_slide
 from histosam.wsi.store import StoreMismatchError
 from histosam.wsi.synthetic import write_synthetic_slide
-from test_segment_cli import he_image
+from testlib import he_image
 
 
 def _nano(seed: int, tmp_path, name: str):

@@ -16,19 +16,7 @@ from histosam.cli.main import main
 from histosam.io.labels import read_labels
 from histosam.pipeline import is_complete
 from histosam.wsi.fake import colour_threshold_maps
-
-
-def he_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Pink background, purple discs (radius 5-8) on a jittered grid."""
-    rng = np.random.default_rng(seed)
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = (230, 170, 205)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for cy in range(12, h - 6, 28):
-        for cx in range(12, w - 6, 28):
-            r = rng.uniform(5, 8)
-            img[(yy - cy - rng.uniform(-3, 3)) ** 2 + (xx - cx - rng.uniform(-3, 3)) ** 2 <= r * r] = (90, 40, 140)
-    return img
+from testlib import he_image
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def write_nucleus_folder(folder: Path, n_images: int = 3, size: int = 80, seed: int = 0) -> Path:
     """A tiny dataset in the ``<id>.png`` + ``<id>_label.tif`` layout: purple discs (nuclei) on pink."""
@@ -36,3 +38,16 @@ def typed_nano(names):
                                                                  tuple(model.image_encoder.widths[:2])).eval()
     model.config.class_names = list(names)
     return model
+
+
+def he_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Pink background, purple discs (radius 5-8) on a jittered grid."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (230, 170, 205)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for cy in range(12, h - 6, 28):
+        for cx in range(12, w - 6, 28):
+            r = rng.uniform(5, 8)
+            img[(yy - cy - rng.uniform(-3, 3)) ** 2 + (xx - cx - rng.uniform(-3, 3)) ** 2 <= r * r] = (90, 40, 140)
+    return img

@@ -17,22 +17,11 @@ import zlib
 
 import numpy as np
 
+from testlib import he_image  # noqa: F401 - the corpus's valid images (shared with tests/)
+
 # TIFF field types: (code, byte size, struct char)
 _TYPES = {"BYTE": (1, 1, "B"), "ASCII": (2, 1, "B"), "SHORT": (3, 2, "H"), "LONG": (4, 4, "I"),
           "RATIONAL": (5, 8, "II")}
-
-
-def he_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Pink background with purple discs (nuclei) on a jittered grid (as tests/test_segment_cli.py)."""
-    rng = np.random.default_rng(seed)
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = (230, 170, 205)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for cy in range(12, h - 6, 28):
-        for cx in range(12, w - 6, 28):
-            r = rng.uniform(5, 8)
-            img[(yy - cy - rng.uniform(-3, 3)) ** 2 + (xx - cx - rng.uniform(-3, 3)) ** 2 <= r * r] = (90, 40, 140)
-    return img
 
 
 def png_bytes(arr: np.ndarray, mode: str | None = None, **kw) -> bytes:

@@ -162,14 +162,12 @@ def plan_nuclei(model: Any, shape: tuple[int, int], mpp: float | None = None, *,
         engine = {k: v for k, v in params.items() if k not in AIS_KEYS}
         ais = AISParams.from_dict({k: v for k, v in params.items() if k in AIS_KEYS})
         factor = 1.0
-    check_job(shape, factor, mpp, model, tile=tile, halo=halo, chunk=chunk)
     work_shape = (max(1, round(shape[0] * factor)), max(1, round(shape[1] * factor))) if factor != 1.0 else \
         tuple(shape)
     d_tile, d_halo = default_tiling(model, work_shape) if model is not None else (384, 64)
-    if halo is not None or tile is not None:  # the given halo against the tile actually used (the default too)
-        from histosam.limits import check_tiling
-
-        check_tiling(tile or d_tile, d_halo if halo is None else halo, chunk)
+    given = tile is not None or halo is not None  # then the tile and halo actually used are checked (defaults too)
+    check_job(shape, factor, mpp, model, tile=(tile or d_tile) if given else None,
+              halo=(d_halo if halo is None else halo) if given else None, chunk=chunk)
     has_head = model is not None and getattr(model, "class_decoder", None) is not None
     if classes and not has_head:
         from histosam.errors import CheckpointError
