@@ -218,22 +218,14 @@ class HistosamBackend:
         takes minutes; other requests keep being served meanwhile). Cached files return at once."""
         if entry.factory is not None or entry.url in self._models:
             return
-        from histosam.errors import CheckpointError, HistosamError
 
         source = entry.source or entry.url
         with self._fetch_guard:
             lock = self._fetch_locks.setdefault(entry.url, threading.Lock())
         with lock:
-            try:
-                from histosam.registry.loader import resolve_files
+            from histosam.registry.loader import resolve_files
 
-                resolve_files(source)
-            except HistosamError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - user-supplied weights: any failure is their file's
-                raise CheckpointError(
-                    f"cannot load weights {entry.name!r} from {source}: {type(exc).__name__}: {exc}"
-                ) from exc
+            _user_weights(entry, source, resolve_files)
 
     # -- caches (call with self.lock held) -------------------------------------------------------
     def _model(self, entry: WeightEntry) -> Any:
@@ -245,17 +237,9 @@ class HistosamBackend:
             model = entry.factory()
         else:
             import histosam
-            from histosam.errors import CheckpointError, HistosamError
 
             source = entry.source or entry.url
-            try:
-                model = histosam.load_model(source, device=self.device)
-            except HistosamError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - user-supplied weights: any failure is their file's
-                raise CheckpointError(
-                    f"cannot load weights {entry.name!r} from {source}: {type(exc).__name__}: {exc}"
-                ) from exc
+            model = _user_weights(entry, source, lambda src: histosam.load_model(src, device=self.device))
         model.eval()
         self._models[entry.url] = model
         while len(self._models) > self.max_models:
@@ -397,3 +381,16 @@ def _label_scores(labels: np.ndarray, records: list[Any]) -> dict[int, float]:
         best = min(cover, key=lambda k: (areas[k], -k))
         scores[i] = float(records[best].predicted_iou)
     return scores
+
+
+def _user_weights(entry: WeightEntry, source: str, load: Any) -> Any:
+    """``load(source)``; any failure but a ``HistosamError`` becomes a one-line ``CheckpointError`` naming the
+    weights (user-supplied weights: any failure is their file's)."""
+    from histosam.errors import CheckpointError, HistosamError
+
+    try:
+        return load(source)
+    except HistosamError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot load weights {entry.name!r} from {source}: {type(exc).__name__}: {exc}") from exc
