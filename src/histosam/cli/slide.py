@@ -5,6 +5,7 @@ Examples::
     histosam slide slide.svs -o out/ --model vit_b_histopathology
     histosam slide 'cohort/*.svs' list.csv -o out/ --model my.pt --workers 4
     histosam slide slide.ndpi -o out/ --model NAME --roi tumour.geojson --mpp 0.25
+    histosam slide slide.svs -o out/ --model histosam-nano-classes     # typed nuclei (class per nucleus)
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="segment whole slides (streaming, resumable, Dask)",
         description="Nucleus segmentation of whole-slide images: tissue detection, streamed tiles, "
         "per-chunk results committed to <stem>.chunks.sqlite (a rerun resumes), outputs "
-        "<stem>.geojson.gz (QuPath), .parquet/.csv, _overlay.png, _tissue.png, .provenance.json.",
+        "<stem>.geojson.gz (QuPath), .parquet/.csv, _overlay.png, _tissue.png, .provenance.json. A model with a "
+        "class head (e.g. histosam-nano-classes) types every nucleus: QuPath classification, class and "
+        "prob_<class> columns, overlay coloured by class, per-class counts in the provenance.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="slide files, folders, glob patterns or CSV lists (path[,mpp])")
@@ -31,6 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--fake-model", action="store_true",
                    help="debug: model-free colour-threshold predictor (no network needed)")
     g.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
+    g.add_argument("--classes", action=argparse.BooleanOptionalAction, default=None,
+                   help="type each nucleus with the model's class head (default: when the model has one; "
+                        "--no-classes segments only)")
     g = p.add_argument_group("resolution and region")
     add_mpp_option(g, "the slides' level 0 (overrides their metadata; default: the metadata, else 0.25)")
     g.add_argument("--target-mpp", type=mpp_value, default=0.25,
@@ -74,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
         from histosam.wsi.fake import colour_threshold_maps
 
         predict, model_name = colour_threshold_maps, "fake-colour-threshold"
+        if args.classes:
+            raise HistosamError("--classes needs a model with a class head; --fake-model has none")
         tile, halo = 384, 64
     else:
         from histosam.tasks.nuclei import default_tiling
 
-        predict = ModelMaps(args.model, args.device, precision=args.precision, allow_pickle=args.allow_pickle)
+        predict = ModelMaps(args.model, args.device, precision=args.precision, allow_pickle=args.allow_pickle,
+                            classes=getattr(args, "classes", None))
         model_name = args.model or "default"
-        params = predict.postprocess  # loads the model now: a bad name fails before any slide
+        params = predict.postprocess  # loads the model now: a bad name (or --classes without a head) fails here
         tile, halo = default_tiling(predict.loaded_model, (1 << 20, 1 << 20))
     tile = args.tile if args.tile is not None else tile
     halo = args.halo if args.halo is not None else halo

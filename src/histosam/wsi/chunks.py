@@ -11,6 +11,12 @@ Frames:
 A chunk is a ``chunk x chunk`` box of the region frame (``histosam.tiling`` grid); it owns the objects
 whose first pixel lies in it (the engine's ownership rule), so chunks can run in any order, in any
 process, and the final merge in chunk raster order is deterministic.
+
+Typed nuclei: when the plan has ``class_names`` (a class head, background first), ``predict_maps`` returns
+the 3 AIS maps then the head's K probabilities; the engine averages them over each nucleus' pixels (seam-free,
+:class:`~histosam.tiling.engine.ChunkResult.class_probs`) and every record gains ``class`` (the argmax over the
+nucleus classes: AIS decided it is a nucleus, so the background class is never chosen; its probability is kept
+to flag doubtful ones) and one ``prob_<name>`` per class: the column names of ``histosam segment``'s table.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class SlidePlan:
     params: dict = dataclasses.field(default_factory=dict)
     tissue: TissueMask | None = None
     roi: Roi | None = None
+    #: the class head's names, background first (empty: no classes); the maps then have 3 + K channels
+    class_names: tuple[str, ...] = ()
 
     @property
     def scale(self) -> float:
@@ -68,6 +76,11 @@ class SlidePlan:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.region[3], self.region[2])
+
+    @property
+    def channels(self) -> int:
+        """Channels ``predict_maps`` returns: the 3 AIS maps, then one probability per class."""
+        return 3 + len(self.class_names)
 
     def chunk_grid(self) -> TileGrid:
         return TileGrid(self.shape, self.chunk, 0)
@@ -89,11 +102,14 @@ class SlidePlan:
 
     def fingerprint(self) -> dict:
         """What must match for stored chunk results to be reused."""
-        return {
+        fp = {
             "slide_mpp": self.slide_mpp, "target_mpp": self.target_mpp, "region": list(self.region),
             "tile": self.tile, "halo": self.halo, "chunk": self.chunk, "context": self.context,
             "params": AISParams.from_dict(self.params).to_dict(), "records": RECORDS_SCHEMA,
         }
+        if self.class_names:  # only then: the run keys of unclassified runs stay as they were
+            fp["classes"] = list(self.class_names)
+        return fp
 
 
 def make_plan(
@@ -167,7 +183,8 @@ def process_chunks(
             fetcher = Prefetcher(read_region, keys, ahead=prefetch)
             read_region = fetcher
         assembler = MapAssembler(grid, read_region, predict_maps, batch_size=plan.batch_size,
-                                 tile_filter=tile_filter, schedule=schedule, cache_mb=cache_mb)
+                                 tile_filter=tile_filter, schedule=schedule, cache_mb=cache_mb,
+                                 channels=plan.channels)
         pool = ThreadPoolExecutor(1, thread_name_prefix="histosam-post")
         pending: deque = deque()
 
@@ -227,8 +244,9 @@ def chunk_records(plan: SlidePlan, res: ChunkResult,
 
     Keys: ``first`` (region-frame row, col), ``geometry`` (GeoJSON geometry dict of the outline, level-0
     ``(x, y)`` rounded to 0.01 px) and every column of the measurement table but ``id``
-    (:func:`histosam.measure.table_columns`), as plain floats. Objects whose first pixel is outside the ROI
-    polygon are dropped.
+    (:func:`histosam.measure.table_columns`), as plain floats; with ``plan.class_names`` also ``class`` (name)
+    and ``prob_<name>`` per class (:func:`class_columns`). Objects whose first pixel is outside the ROI polygon
+    are dropped.
     """
     from histosam.io.geojson import geometry_dicts
     from histosam.measure import measure_objects
@@ -256,5 +274,22 @@ def chunk_records(plan: SlidePlan, res: ChunkResult,
                                       offset=(ry + o_r, rx + o_c), scale=s, keep=keep)
     rows = table.drop(columns="id").to_dict("records")
     firsts = res.first_pixels[keep - 1].tolist()
-    return [{"first": first, "geometry": geom, **{k: float(v) for k, v in row.items()}}
+    recs = [{"first": first, "geometry": geom, **{k: float(v) for k, v in row.items()}}
             for first, geom, row in zip(firsts, geometry_dicts(outlines), rows)]
+    if plan.class_names:
+        names = plan.class_names
+        if res.class_probs is None or res.class_probs.shape[1] != len(names):
+            got = None if res.class_probs is None else res.class_probs.shape[1]
+            raise ValueError(f"the maps carry {got} class probabilities, the plan has {len(names)} classes")
+        probs = res.class_probs[keep - 1].astype(np.float64)
+        best = 1 + np.argmax(probs[:, 1:], axis=1)
+        for rec, k, row in zip(recs, best.tolist(), probs.tolist()):
+            rec["class"] = names[k]
+            rec.update({f"prob_{name}": v for name, v in zip(names, row)})
+    return recs
+
+
+def class_columns(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The table columns of typed nuclei (as ``histosam segment`` writes them): ``class``, then ``prob_<name>``
+    for every class, background included; none without classes."""
+    return ["class", *(f"prob_{n}" for n in names)] if names else []

@@ -9,6 +9,12 @@ not on the slide size; a killed run resumes from the committed chunks and ends w
 
 ``predict_maps(tiles: uint8 B x h x w x 3) -> float32 B x 3 x h x w`` is any picklable callable
 (:class:`ModelMaps` wraps a histosam model; :func:`histosam.wsi.fake.colour_threshold_maps` for tests).
+
+Typed nuclei: a ``predict_maps`` with a non-empty ``class_names`` attribute (background first; ``ModelMaps`` of a
+model with a class head) returns ``B x (3 + K) x h x w``: each nucleus gets the class of its mean probabilities
+(:mod:`histosam.wsi.chunks`), the outputs carry it (:mod:`histosam.wsi.outputs`; colours from its
+``class_colors`` attribute, else :func:`histosam.pipeline.image_job.class_colors`) and the provenance holds
+``class_counts``.
 """
 
 from __future__ import annotations
@@ -43,17 +49,32 @@ class ModelMaps:
     lazily, once per process (each Dask worker loads its own copy)."""
 
     def __init__(self, model: str | None = None, device: str | None = None, precision: str = "auto",
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, classes: bool | None = None) -> None:
+        """``classes``: also predict the class head's probabilities (typed nuclei); ``None``: when the model has a
+        class head; ``True`` refuses a model without one."""
         self.model, self.device, self.precision, self.allow_pickle = model, device, precision, allow_pickle
+        self.classes = classes
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("classes", None)
 
     def _load(self):
-        key = (self.model, self.device, self.precision, self.allow_pickle)
+        key = (self.model, self.device, self.precision, self.allow_pickle, self.classes)
         if key not in _MODEL_CACHE:
             from histosam.inference.maps import make_map_predictor
             from histosam.registry.loader import load_model
 
             model = load_model(self.model, device=self.device, require_decoder=True, allow_pickle=self.allow_pickle)
-            _MODEL_CACHE[key] = (model, make_map_predictor(model, device=self.device, precision=self.precision))
+            has_head = getattr(model, "class_decoder", None) is not None
+            if self.classes and not has_head:
+                from histosam.errors import CheckpointError
+
+                raise CheckpointError(f"{self.model or 'the default model'} has no class head: typed nuclei need "
+                                      "a model with one")
+            with_classes = has_head if self.classes is None else bool(self.classes)
+            _MODEL_CACHE[key] = (model, make_map_predictor(model, device=self.device, precision=self.precision,
+                                                           with_classes=with_classes), with_classes)
         return _MODEL_CACHE[key]
 
     def __call__(self, tiles):
@@ -63,6 +84,19 @@ class ModelMaps:
     def loaded_model(self):
         """The model itself (loaded on first use)."""
         return self._load()[0]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class head's names, background first, when its probabilities are predicted (else empty)."""
+        model, _, with_classes = self._load()
+        return tuple(model.config.class_names) if with_classes else ()
+
+    @property
+    def class_colors(self) -> list[list[int]]:
+        """An RGB colour per class name (the model's, else histosam's defaults)."""
+        from histosam.pipeline.image_job import class_colors
+
+        return class_colors(self._load()[0], self.class_names)
 
     @property
     def identity(self) -> dict:
@@ -180,8 +214,9 @@ def _segment_slide(path: Path, outdir: Path, stem: str, predict_maps: PredictMap
         if slide.mpp / float(target_mpp) > MAX_UPSAMPLE:
             raise LimitError(f"--target-mpp {target_mpp:g} would upsample the slide ({slide.mpp:g} µm/px at level 0) "
                              f"{slide.mpp / float(target_mpp):.0f}× (at most {MAX_UPSAMPLE:g}× is allowed)")
+        names, colors = _classes_of(predict_maps)
         plan = make_plan(slide, target_mpp, roi=roi, tile=tile, halo=halo, chunk=chunk, context=context,
-                         batch_size=batch_size, params=dict(params or {}))
+                         batch_size=batch_size, params=dict(params or {}), class_names=names)
         key = slide_run_key(path, predict_maps, {
             **plan.fingerprint(), "use_tissue": use_tissue, "tissue_mpp": tissue_mpp,
             "roi": None if roi is None else repr(roi)}, model_name)
@@ -195,7 +230,7 @@ def _segment_slide(path: Path, outdir: Path, stem: str, predict_maps: PredictMap
         if tissue is not None:
             tissue.save_png(outdir / f"{stem}_tissue.png")
         plan = make_plan(slide, target_mpp, roi=roi, tissue=tissue, tile=tile, halo=halo, chunk=chunk,
-                         context=context, batch_size=batch_size, params=dict(params or {}))
+                         context=context, batch_size=batch_size, params=dict(params or {}), class_names=names)
         thumb_mpp = max(slide.mpp, 2.0, max(slide.dimensions) * slide.mpp / 4096)
         thumb = slide.thumbnail(thumb_mpp)
         thumb_scale = thumb_mpp / slide.mpp
@@ -222,7 +257,8 @@ def _segment_slide(path: Path, outdir: Path, stem: str, predict_maps: PredictMap
             stats = _run_sequential(plan, todo, predict_maps, store, bar, chunk_mm2, cache_mb=cache_mb)
         bar.close()
         compute_s = time.perf_counter() - t_compute
-        writer = SlideOutputWriter(outdir, stem, thumb=thumb, thumb_scale=thumb_scale, csv_table=csv_table)
+        writer = SlideOutputWriter(outdir, stem, thumb=thumb, thumb_scale=thumb_scale, csv_table=csv_table,
+                                   class_names=names, class_colors=colors)
         try:
             for idx, recs in store.iter_chunks():
                 writer.add_chunk(idx, recs)
@@ -254,6 +290,8 @@ def _segment_slide(path: Path, outdir: Path, stem: str, predict_maps: PredictMap
         "chunks_computed_this_run": len(todo),
         "tiles_predicted_this_run": stats.get("tiles_predicted", 0),
         "objects": n_objects,
+        "classes": {"names": list(names), "colors": [list(c) for c in colors]} if names else None,
+        "class_counts": dict(writer.class_counts) if names else None,
         "compute_seconds": round(compute_s, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
         "workers": None if client is None else len(client.scheduler_info().get("workers", {})),
@@ -305,6 +343,21 @@ def collect_slides(inputs: list[str]) -> list[tuple[Path, float | None]]:
         else:
             out.setdefault(p, None)
     return list(out.items())
+
+
+def _classes_of(predict_maps) -> tuple[tuple[str, ...], list[list[int]]]:
+    """(class names, background first; an RGB colour each) of a predictor's class head; empty without one."""
+    names = tuple(str(n) for n in (getattr(predict_maps, "class_names", None) or ()))
+    if not names:
+        return (), []
+    if len(names) < 2:
+        raise HistosamError(f"a class head needs the background and at least one nucleus class, got {list(names)}")
+    colors = list(getattr(predict_maps, "class_colors", None) or [])
+    if len(colors) != len(names):
+        from histosam.pipeline.image_job import class_colors
+
+        colors = class_colors(None, names)
+    return names, [[int(v) for v in c] for c in colors]
 
 
 def slide_run_key(path: Path, predict_maps, plan: dict, model_name: str) -> dict:
@@ -359,6 +412,8 @@ def segment_cohort(inputs: list[str], outdir: str | os.PathLike, predict_maps: P
             status[str(path)] = "done"
             log(f"{path.name}: {prov['objects']} nuclei, {prov['chunks_with_tissue']} chunks, "
                 f"{prov['total_seconds']:.1f} s")
+            if prov.get("class_counts"):
+                log(f"{path.name}: by class: " + ", ".join(f"{k} {v}" for k, v in prov["class_counts"].items()))
         except HistosamError as exc:
             status[str(path)] = f"error: {exc}"
             log(f"{path.name}: error: {exc}")
