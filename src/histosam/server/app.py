@@ -4,7 +4,8 @@ Endpoints (paths and trailing slashes as the client builds them):
 ``GET /sam/version/`` (text), ``GET /sam/weights/[?type=]`` (JSON array of ``{type,name,url}``),
 ``POST /sam/weights/`` (text), ``GET /sam/weights/cancel/`` (text), ``GET /sam/progress/``
 (``{"message","percent"}``), ``POST /sam/`` and ``POST /sam/automask/`` (JSON array of GeoJSON
-Features), ``GET /sam/health/`` (JSON, histosam addition). Video, SAM3 and upload endpoints answer
+Features; a model with a class head types the automask nuclei: :func:`_typed_properties`),
+``GET /sam/health/`` (JSON, histosam addition). Video, SAM3 and upload endpoints answer
 501. Every error is a JSON object ``{"detail": "<message>"}`` with a 4xx status (5xx only for bugs,
 without a traceback).
 
@@ -131,6 +132,20 @@ def _prompt_arrays(body: SAMBody, shape: tuple[int, int]) -> tuple[Any, Any, Any
     return points, labels, box
 
 
+def _typed_properties(idx: int, result: Any) -> dict[str, Any]:
+    """Properties of a typed nucleus: QuPath's ``classification`` ``{"name", "color": [r, g, b]}`` and the class
+    probabilities as ``measurements``. The extension sets an object's class from ``object_idx`` when there is one
+    (``Utils.parsePathObject``), after reading ``classification``; so ``object_idx`` is the class name here (QuPath
+    then keeps the class, and its colour when the class is new to it) and the nucleus' id is ``nucleus_id``."""
+    name, color = result.classes[idx]
+    props: dict[str, Any] = {"object_idx": str(name), "nucleus_id": int(idx),
+                             "classification": {"name": str(name), "color": [int(c) for c in color]}}
+    probs = (getattr(result, "class_probabilities", None) or {}).get(idx)
+    if probs:
+        props["measurements"] = {f"class probability {n}": float(v) for n, v in probs.items()}
+    return props
+
+
 def create_app(backend: ModelBackend, weights: WeightsTable, config: ServerConfig | None = None) -> FastAPI:
     """The ASGI app. ``weights`` is the table offered to clients; ``backend`` does the model work."""
     from histosam import __version__
@@ -215,6 +230,8 @@ def create_app(backend: ModelBackend, weights: WeightsTable, config: ServerConfi
             props: dict[str, Any] = {"object_idx": idx, "label": "object", "sam_model": body.type}
             if idx in result.scores:
                 props["quality"] = float(result.scores[idx])
+            if idx in (getattr(result, "classes", None) or {}):  # typed nuclei (a class head)
+                props.update(_typed_properties(idx, result))
             features.append(feature(geom, props))
         return _json(features)
 

@@ -12,6 +12,11 @@ implements it with :func:`histosam.load_model`, :class:`histosam.Predictor` and
   polygon tracing and the first-use download of registry weights run outside it;
 - the work one request may do under the lock is bounded (:class:`WorkLimits`: prompt points, automask
   area, AMG point prompts and crops), so no request holds the lock for long.
+
+A model with a class head (e.g. ``histosam-nano-classes``) types the nuclei of an automask request
+(:func:`histosam.tasks.nuclei.segment_typed_nuclei`: the same labels as ``histosam.segment``, each nucleus with
+the class of its mean class probabilities, background class excluded): :class:`AutoResult` then carries each
+nucleus' class name, colour and probabilities.
 """
 
 from __future__ import annotations
@@ -152,11 +157,16 @@ class PromptResult:
 
 @dataclass
 class AutoResult:
-    """``labels``: uint32 ``H×W`` (0 background); ``scores``: id → quality, when the mode has one."""
+    """``labels``: uint32 ``H×W`` (0 background); ``scores``: id → quality, when the mode has one.
+
+    Typed nuclei (a model with a class head): ``classes``: id → ``(class name, [r, g, b])``;
+    ``class_probabilities``: id → ``{class name: mean probability}`` (every class, background included)."""
 
     labels: np.ndarray
     mode: str
     scores: dict[int, float] = field(default_factory=dict)
+    classes: dict[int, tuple[str, list[int]]] = field(default_factory=dict)
+    class_probabilities: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 class ModelBackend(Protocol):
@@ -314,6 +324,8 @@ class HistosamBackend:
             self._counts["automask_runs"] += 1
             if mode == "amg":
                 result = self._amg(entry, image, params)
+            elif getattr(model, "class_decoder", None) is not None:
+                result = _typed(model, image.pixels)
             else:
                 labels = _call_with_supported(histosam.segment, image.pixels, model=model, mode=mode)
                 result = AutoResult(labels=np.asarray(labels, dtype=np.uint32), mode=mode)
@@ -351,6 +363,21 @@ class HistosamBackend:
                 continue
         with self.lock:  # pragma: no cover - only under extreme churn
             return {**self._counts, "models_loaded": list(self._models), "cache_size": self.cache_size}
+
+
+def _typed(model: Any, pixels: np.ndarray) -> AutoResult:
+    """AIS with the model's class head: labels, and each nucleus' class (name, colour) and probabilities."""
+    from histosam.pipeline.image_job import class_colors
+    from histosam.tasks import nuclei
+
+    typed = nuclei.segment_typed_nuclei(pixels, model)
+    names = tuple(typed.class_names)
+    colors = class_colors(model, names)
+    classes = {i: (names[k], list(colors[k])) for i, k in enumerate(typed.classes.tolist(), start=1)}
+    probs = {i: {n: float(v) for n, v in zip(names, row)}
+             for i, row in enumerate(typed.probabilities.tolist(), start=1)}
+    return AutoResult(labels=np.asarray(typed.labels, dtype=np.uint32), mode="ais", classes=classes,
+                      class_probabilities=probs)
 
 
 def automask_area_message(h: int, w: int, limit: int) -> str:
