@@ -36,6 +36,12 @@ def build_from_config(config: ModelConfig) -> SegmentAnything:
 
             raise CheckpointError(f"the {config.architecture} architecture has no class head")
         kwargs.setdefault("class_names", list(config.class_names))
+    if getattr(config, "tissue", None):
+        if "tissue" not in accepted:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(f"the {config.architecture} architecture has no tissue head")
+        kwargs.setdefault("tissue", dict(config.tissue))
     model = builder(instance_decoder=config.instance_decoder, **kwargs)
     model.config = config
     return model

@@ -24,7 +24,8 @@ from torch import nn
 
 from histosam.errors import ParameterError
 
-__all__ = ["HeadContract", "ROLES", "INPUTS", "MASKS_CONTRACT", "sam_prompt_heads", "instance_head", "contract_of"]
+__all__ = ["HeadContract", "ROLES", "INPUTS", "MASKS_CONTRACT", "sam_prompt_heads", "instance_head", "tissue_head",
+           "contract_of"]
 
 #: head roles a model may carry (the encoder is not a head)
 ROLES = ("masks", "instances", "classes", "tissue", "context", "refine")
@@ -109,3 +110,31 @@ def instance_head(kind: str | None, *, skip_widths: tuple[int, int] | None = Non
             raise ParameterError("the nano instance head needs the encoder's skip widths")
         return NanoInstanceDecoder(256, widths=skip_widths)
     raise ParameterError(f"unknown instance head {kind!r} (use 'unetr', 'unetr_interp' or 'nano')")
+
+
+#: the second encoder of histosam's own region models (SAM-Path's "pathology encoder", trained from scratch): a
+#: narrow nano encoder, stride 8, 64 output channels
+SECOND_ENCODER_DEFAULT = {"widths": [16, 32, 64, 96], "depths": [1, 1, 1], "out_chans": 64}
+
+
+def tissue_head(spec: dict, image_size: int, embedding_side: int) -> nn.Module:
+    """SAM-Path's class-prompt head (:class:`~histosam.models.class_prompts.ClassPromptHead`) from its spec
+    (``ModelConfig.tissue``): ``classes`` (background first), ``tokens``, ``mlp_dim``, ``depth`` and
+    ``second_encoder``: ``None`` (no branch) or the keywords of a nano encoder (``widths``, ``depths``,
+    ``out_chans``; :data:`SECOND_ENCODER_DEFAULT`)."""
+    from histosam.models.class_prompts import ClassPromptHead
+
+    classes = list(spec.get("classes") or [])
+    if len(classes) < 2:
+        raise ParameterError("a tissue head needs at least two classes (background first)")
+    second, second_dim = None, None
+    branch = spec.get("second_encoder")
+    if branch:
+        from histosam.models.nano import NanoEncoder
+
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(branch).items()}
+        second = NanoEncoder(**kw)
+        second_dim = int(kw.get("out_chans", 256))
+    return ClassPromptHead(classes, image_size, embedding_side, tokens=int(spec.get("tokens", 4)),
+                           mlp_dim=int(spec.get("mlp_dim", 512)), depth=int(spec.get("depth", 2)),
+                           second_encoder=second, second_dim=second_dim)

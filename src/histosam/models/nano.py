@@ -17,7 +17,7 @@ from torch import nn
 from histosam.errors import ParameterError
 from histosam.models.common import LayerNorm2d
 from histosam.models.fused_conv import FoldedConv
-from histosam.models.heads import AIS_CHANNELS, HeadContract, instance_head, sam_prompt_heads
+from histosam.models.heads import AIS_CHANNELS, HeadContract, instance_head, sam_prompt_heads, tissue_head
 from histosam.models.registry import register
 
 
@@ -170,9 +170,10 @@ NANO_RECEPTIVE_RADIUS = 213
 
 @register("nano", instance_head="nano", tiling=(1024, 224, 0))  # halo 224 >= the receptive radius
 def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, class_names: list[str] | None = None,
-               **overrides: Any):
+               tissue: dict[str, Any] | None = None, **overrides: Any):
     """histosam-nano: convolutional encoder (stride 8) + SAM prompt encoder/mask decoder + nano instance decoder
-    (``instance_decoder``: ``"nano"`` or ``None``) + optional class head (``class_names``, background first)."""
+    (``instance_decoder``: ``"nano"`` or ``None``) + optional class head (``class_names``, background first) +
+    optional tissue head (``tissue``: a :func:`~histosam.models.heads.tissue_head` spec)."""
     from histosam.models.sam import ModelConfig, SegmentAnything
 
     if instance_decoder not in (None, "nano"):
@@ -182,6 +183,7 @@ def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, cla
     inst = instance_head(instance_decoder, skip_widths=encoder.widths[:2])
     config = ModelConfig(architecture="nano", name="nano", image_size=image_size, resize_longest_side=False,
                          instance_decoder=instance_decoder, mpp=0.25, class_names=list(class_names or []),
-                         overrides=dict(overrides))
+                         tissue=dict(tissue or {}), overrides=dict(overrides))
     classes = NanoClassDecoder(class_names, widths=encoder.widths[:2]) if class_names else None
-    return SegmentAnything(encoder, prompt, decoder, inst, config, class_decoder=classes)
+    regions = tissue_head(tissue, image_size, image_size // 8) if tissue else None
+    return SegmentAnything(encoder, prompt, decoder, inst, config, class_decoder=classes, tissue_decoder=regions)

@@ -61,6 +61,7 @@ class ModelConfig:
     halo: int | None = None
     class_names: list[str] = field(default_factory=list)
     class_colors: list[list[int]] = field(default_factory=list)
+    tissue: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -80,9 +81,10 @@ class SegmentAnything(nn.Module):
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module,
                  instance_decoder: nn.Module | None = None, config: ModelConfig | None = None,
-                 class_decoder: nn.Module | None = None) -> None:
+                 class_decoder: nn.Module | None = None, tissue_decoder: nn.Module | None = None) -> None:
         super().__init__()
         self.class_decoder = class_decoder
+        self.tissue_decoder = tissue_decoder
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -165,6 +167,8 @@ class SegmentAnything(nn.Module):
             out["instances"] = self.instance_decoder
         if self.class_decoder is not None:
             out["classes"] = self.class_decoder
+        if self.tissue_decoder is not None:
+            out["tissue"] = self.tissue_decoder
         return out
 
     def decode_classes(self, embedding: torch.Tensor, skips: list[torch.Tensor],
@@ -177,6 +181,18 @@ class SegmentAnything(nn.Module):
             raise CheckpointError(f"model {self.config.name or self.config.architecture!r} has no class head")
         inputs = {"embedding": embedding, "skips": skips, "frame": frame}
         return self.class_decoder(*(inputs[name] for name in contract_of(self.class_decoder).consumes))
+
+    def decode_tissue(self, embedding: torch.Tensor, frame: torch.Tensor | None = None) -> torch.Tensor:
+        """Tissue logits ``B×(K+1)×4h×4w`` in the padded input frame (K = ``len(config.tissue["classes"])``,
+        background first, softmax over them; the last channel is the region contour, sigmoid): see
+        :class:`~histosam.models.class_prompts.ClassPromptHead`."""
+        if self.tissue_decoder is None:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(f"model {self.config.name or self.config.architecture!r} has no tissue head (use a "
+                                  "region model such as histosam-tissue)")
+        inputs = {"embedding": embedding, "frame": frame}
+        return self.tissue_decoder(*(inputs[name] for name in contract_of(self.tissue_decoder).consumes))
 
     def contracts(self) -> dict[str, HeadContract]:
         """Each head's :class:`~histosam.models.heads.HeadContract`, by role."""

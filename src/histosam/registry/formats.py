@@ -38,7 +38,7 @@ HISTOSAM_FORMAT_VERSION = 2
 #: model state-dict prefixes of each role (``masks`` keeps its prefixes inside the role's state)
 ROLE_PREFIXES: dict[str, tuple[str, ...]] = {"encoder": ("image_encoder.",), "masks": ("prompt_encoder.",
                                              "mask_decoder."), "instances": ("instance_decoder.",),
-                                 "classes": ("class_decoder.",)}
+                                 "classes": ("class_decoder.",), "tissue": ("tissue_decoder.",)}
 _DECODER_PREFIXES = ("base.", "decoder.", "deconv1.", "deconv2.", "deconv3.", "deconv4.", "deconv_out.",
                      "decoder_head.", "out_conv.")
 

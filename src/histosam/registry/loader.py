@@ -135,6 +135,11 @@ def apply_role(model: SegmentAnything, role: str, state: dict[str, torch.Tensor]
             raise CheckpointError(f"{source} holds a class head, but model {model.config.name!r} has no slot for one "
                                   "(its configuration names no classes)")
         _load_strict(model.class_decoder, state, f"{source} (class head)")
+    elif role == "tissue":
+        if model.tissue_decoder is None:
+            raise CheckpointError(f"{source} holds a tissue head, but model {model.config.name!r} has no slot for one "
+                                  "(its configuration names no tissue classes)")
+        _load_strict(model.tissue_decoder, state, f"{source} (tissue head)")
     else:
         raise CheckpointError(f"{source}: this histosam cannot attach a {role!r} head yet")
 
