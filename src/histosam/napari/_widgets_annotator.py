@@ -303,6 +303,7 @@ class AnnotatorWidget(QWidget):
         try:
             prompts, box = self._layer(PROMPTS), self._layer(BOX)
             if prompts is not None and len(prompts.data):
+                prompts.selected_data = set()
                 prompts.data = np.zeros((0, 2))
             if box is not None and len(box.data):
                 box.data = []
@@ -318,6 +319,7 @@ class AnnotatorWidget(QWidget):
         if prompts is None:
             return
         positive = self.positive.isChecked()
+        prompts.selected_data = set()  # the colour below is for new points only, not the selected ones
         prompts.feature_defaults = {"positive": positive}
         prompts.current_face_color = POSITIVE_COLOR if positive else NEGATIVE_COLOR
 
