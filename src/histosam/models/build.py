@@ -42,6 +42,14 @@ def build_from_config(config: ModelConfig) -> SegmentAnything:
 
             raise CheckpointError(f"the {config.architecture} architecture has no tissue head")
         kwargs.setdefault("tissue", dict(config.tissue))
+    if getattr(config, "mask_decoder", "sam") != "sam":
+        if "mask_decoder" not in accepted:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(f"the {config.architecture} architecture has no {config.mask_decoder!r} mask "
+                                  "decoder")
+        kwargs.setdefault("mask_decoder", config.mask_decoder)
+        kwargs.setdefault("mask_decoder_options", dict(config.mask_decoder_options or {}))
     model = builder(instance_decoder=config.instance_decoder, **kwargs)
     model.config = config
     return model

@@ -82,14 +82,24 @@ def contract_of(head: nn.Module) -> HeadContract:
     return contract
 
 
-def sam_prompt_heads(image_size: int, embedding_side: int) -> tuple[nn.Module, nn.Module]:
-    """SAM's prompt encoder and mask decoder for a square ``image_size`` frame and an ``embedding_side``² grid."""
+def sam_prompt_heads(image_size: int, embedding_side: int, mask_decoder: str = "sam",
+                     mask_decoder_options: dict | None = None) -> tuple[nn.Module, nn.Module]:
+    """SAM's prompt encoder and a mask decoder for a square ``image_size`` frame and an ``embedding_side``² grid:
+    ``mask_decoder`` ``"sam"`` (SAM's) or ``"refine"`` (Kim et al.'s
+    :class:`~histosam.models.refine_decoder.RefineMaskDecoder`, with ``mask_decoder_options``)."""
     from histosam.models.mask_decoder import MaskDecoder
     from histosam.models.prompt_encoder import PromptEncoder
     from histosam.models.transformer import TwoWayTransformer
 
     prompt = PromptEncoder(256, (embedding_side, embedding_side), (image_size, image_size), 16)
     decoder = MaskDecoder(256, TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048))
+    if mask_decoder != "sam" or mask_decoder_options:
+        from histosam.models.refine_decoder import RefineMaskDecoder, resolve_options
+
+        if mask_decoder != "refine":
+            raise ParameterError(f"unknown mask decoder {mask_decoder!r} (use 'sam' or 'refine')")
+        decoder = RefineMaskDecoder(256, TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048),
+                                    **resolve_options(mask_decoder_options))
     return prompt, decoder
 
 

@@ -170,20 +170,23 @@ NANO_RECEPTIVE_RADIUS = 213
 
 @register("nano", instance_head="nano", tiling=(1024, 224, 0))  # halo 224 >= the receptive radius
 def build_nano(instance_decoder: str | None = "nano", image_size: int = 512, class_names: list[str] | None = None,
-               tissue: dict[str, Any] | None = None, **overrides: Any):
+               tissue: dict[str, Any] | None = None, mask_decoder: str = "sam",
+               mask_decoder_options: dict[str, Any] | None = None, **overrides: Any):
     """histosam-nano: convolutional encoder (stride 8) + SAM prompt encoder/mask decoder + nano instance decoder
     (``instance_decoder``: ``"nano"`` or ``None``) + optional class head (``class_names``, background first) +
-    optional tissue head (``tissue``: a :func:`~histosam.models.heads.tissue_head` spec)."""
+    optional tissue head (``tissue``: a :func:`~histosam.models.heads.tissue_head` spec); ``mask_decoder``:
+    ``"sam"`` or ``"refine"`` (Kim et al.'s, :mod:`histosam.models.refine_decoder`)."""
     from histosam.models.sam import ModelConfig, SegmentAnything
 
     if instance_decoder not in (None, "nano"):
         raise ParameterError(f"instance decoder {instance_decoder!r} does not fit the nano encoder (use 'nano')")
     encoder = NanoEncoder(**overrides)
-    prompt, decoder = sam_prompt_heads(image_size, image_size // 8)
+    prompt, decoder = sam_prompt_heads(image_size, image_size // 8, mask_decoder, mask_decoder_options)
     inst = instance_head(instance_decoder, skip_widths=encoder.widths[:2])
     config = ModelConfig(architecture="nano", name="nano", image_size=image_size, resize_longest_side=False,
                          instance_decoder=instance_decoder, mpp=0.25, class_names=list(class_names or []),
-                         tissue=dict(tissue or {}), overrides=dict(overrides))
+                         tissue=dict(tissue or {}), overrides=dict(overrides), mask_decoder=mask_decoder,
+                         mask_decoder_options=dict(getattr(decoder, "options", {})))
     classes = NanoClassDecoder(class_names, widths=encoder.widths[:2]) if class_names else None
     regions = tissue_head(tissue, image_size, image_size // 8) if tissue else None
     return SegmentAnything(encoder, prompt, decoder, inst, config, class_decoder=classes, tissue_decoder=regions)

@@ -48,6 +48,9 @@ class ModelConfig:
             triple per class name (QuPath's display colours).
         postprocess: AIS post-processing parameters that travel with the model.
         overrides: keyword overrides passed to the builder (small test models).
+        mask_decoder: ``"sam"`` (SAM's :class:`~histosam.models.mask_decoder.MaskDecoder`) or ``"refine"`` (Kim et
+            al.'s :class:`~histosam.models.refine_decoder.RefineMaskDecoder`); its weights are in the ``masks``
+            role either way. mask_decoder_options: the refine decoder's options (``depth``, ...).
     """
 
     architecture: str
@@ -64,6 +67,8 @@ class ModelConfig:
     tissue: dict[str, Any] = field(default_factory=dict)
     postprocess: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    mask_decoder: str = "sam"
+    mask_decoder_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,8 +22,10 @@ VIT_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_vit(arch: str, instance_decoder: str | None = None, **overrides: Any) -> SegmentAnything:
-    """SAM with the ViT of ``arch`` (a key of :data:`VIT_CONFIGS`), 1024-px frame (stride 16), optional UNETR."""
+def build_vit(arch: str, instance_decoder: str | None = None, mask_decoder: str = "sam",
+              mask_decoder_options: dict[str, Any] | None = None, **overrides: Any) -> SegmentAnything:
+    """SAM with the ViT of ``arch`` (a key of :data:`VIT_CONFIGS`), 1024-px frame (stride 16), optional UNETR,
+    SAM's mask decoder or Kim et al.'s (``mask_decoder="refine"``, :mod:`histosam.models.refine_decoder`)."""
     if instance_decoder not in (None, "unetr", "unetr_interp"):
         raise ParameterError(f"instance decoder {instance_decoder!r} does not fit a ViT model (use 'unetr' or "
                          "'unetr_interp')")
@@ -32,11 +34,13 @@ def build_vit(arch: str, instance_decoder: str | None = None, **overrides: Any) 
     params.update(overrides)
     encoder = ImageEncoderViT(**params)
     size = params["img_size"]
-    prompt, decoder = sam_prompt_heads(size, size // 16)
+    prompt, decoder = sam_prompt_heads(size, size // 16, mask_decoder, mask_decoder_options)
     config = ModelConfig(architecture=arch, name=arch, image_size=size, resize_longest_side=True,
-                         instance_decoder=instance_decoder, overrides=dict(overrides))
+                         instance_decoder=instance_decoder, overrides=dict(overrides), mask_decoder=mask_decoder,
+                         mask_decoder_options=dict(getattr(decoder, "options", {})))
     return SegmentAnything(encoder, prompt, decoder, instance_head(instance_decoder), config)
 
 
 for _arch in VIT_CONFIGS:
-    register(_arch)(lambda instance_decoder=None, _a=_arch, **kw: build_vit(_a, instance_decoder, **kw))
+    register(_arch)(lambda instance_decoder=None, mask_decoder="sam", mask_decoder_options=None, _a=_arch, **kw:
+                    build_vit(_a, instance_decoder, mask_decoder, mask_decoder_options, **kw))
