@@ -288,3 +288,44 @@ def test_writer_through_napari(make_napari_viewer, tmp_path):
     feats = json.loads(out.read_text())["features"]
     assert [shapely.geometry.shape(f["geometry"]).is_valid for f in feats] == [True, True]
     assert (tmp_path / "objects_nuclei.csv").exists()
+
+
+def test_slide_visible_field_annotator_and_ais(make_napari_viewer, qtbot, tmp_path, nano):
+    """On a multiscale slide the widgets work on the visible field, read at level 0, results at its offset."""
+    import histosam
+    from histosam.napari._region import visible_box
+    from histosam.wsi.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(tmp_path / "syn.tif", 2048, 1536, mpp=0.5, levels=3)
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(path), plugin="histosam")
+    viewer.reset_view()
+    viewer.camera.center = (540, 610)  # inside the first tissue patch
+    viewer.camera.zoom = viewer.camera.zoom * 6
+    box = visible_box(viewer, layer)
+    region = np.asarray(layer.data[0][box[0]:box[2], box[1]:box[3]])
+    assert 0 < (box[2] - box[0]) * (box[3] - box[1]) < 1536 * 2048 / 16
+    widget = AnnotatorWidget(viewer)
+    widget.model_picker.set_choice("histosam-nano")
+    widget.device.setCurrentText("cpu")
+    wait(qtbot, widget.compute_embedding())
+    c = widget.controller
+    assert c.origin == (box[0], box[1]) and c.shape == region.shape[:2] and c.mpp == 0.5
+    np.testing.assert_array_equal(c.image, region)
+    objects = viewer.layers[OBJECTS]
+    np.testing.assert_array_equal(objects.translate, box[:2])
+    assert objects.data.shape == region.shape[:2]
+    dark = np.argwhere(region.mean(axis=-1) < 110)  # a synthetic nucleus
+    assert len(dark)
+    r, col = dark[len(dark) // 2]
+    viewer.layers[PROMPTS].add([box[0] + r, box[1] + col])
+    assert widget.commit() == 1 and objects.data[r, col] == 1
+    auto = AutomaticWidget(viewer)
+    assert auto.region.currentText() == "visible field" and auto.mpp.value() == 0.5
+    auto.model_picker.set_choice("histosam-nano")
+    auto.device.setCurrentText("cpu")
+    wait(qtbot, auto.run())
+    nuclei = viewer.layers[-1]
+    np.testing.assert_array_equal(nuclei.translate, box[:2])
+    np.testing.assert_array_equal(nuclei.data, histosam.segment(region, model=nano, mpp=0.5))
+    assert nuclei.data.max() > 3
