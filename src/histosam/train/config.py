@@ -23,6 +23,13 @@ from typing import Any
 from histosam.errors import ConfigError
 
 FINETUNE_MODES = ("mask_decoder", "encoder_and_mask_decoder", "all", "decoders")
+#: Kim et al.'s three finetuning scenarios (SAM^MD, SAM^IE_MD, SAM^Whole); each is the finetune mode of its name:
+#: ``mask_decoder`` trains the mask decoder only (image and prompt encoder frozen); ``encoder_and_mask_decoder``
+#: trains the image encoder and the mask decoder (prompt encoder frozen); ``all`` trains the whole model (image
+#: encoder, prompt encoder, mask decoder, and histosam's instance decoder when the model has one)
+SCENARIOS = ("mask_decoder", "encoder_and_mask_decoder", "all")
+MASK_LOSSES = ("dice", "nfl", "dice+nfl")
+FRAME_PLACEMENTS = ("top_left", "random")
 
 
 @dataclass
@@ -33,6 +40,9 @@ class TrainConfig:
     model: str = "vit_b"  #: name for ``histosam.models.build.build_model``
     checkpoint: str | None = None  #: initial weights (histosam or micro-sam format)
     finetune: str = "all"  #: one of FINETUNE_MODES
+    scenario: str | None = None  #: Kim et al.'s scenario (SCENARIOS); sets finetune to the mode of that name
+    mask_decoder: str | None = None  #: "sam" or "refine" (Kim et al.'s, from the SAM decoder); None: the model's
+    mask_decoder_depth: int | None = None  #: the refine decoder's blocks (>= 2; None: 3, the paper's)
     with_instance_decoder: bool = True  #: also train the instance (AIS) decoder
     # data
     data_dirs: list[str] = field(default_factory=list)  #: folders with <id>.png + <id>_label.tif
@@ -52,6 +62,10 @@ class TrainConfig:
     n_sub_iterations: int = 8
     mask_prob: float = 0.5
     box_distortion: float = 0.025
+    box_shift: float = 0.0  #: also move each box side by U(-s, s)·side length (boxes may cut into the object)
+    frame_placement: str = "top_left"  #: "random": put each patch at a random place of the padded frame
+    mask_loss: str = "dice"  #: one of MASK_LOSSES (nfl: Kim et al.'s Normalized Focal Loss)
+    nfl_gamma: float = 2.0  #: the NFL's focusing exponent
     sam_loss_resolution: str = "full"  #: "full" (patch resolution, micro-sam) or "low" (mask-decoder output size)
     sam_images: int | None = None  #: batch images used for the SAM objective (None: all)
     joint_step: bool = False  #: one backward on SAM loss + decoder loss (one encoder pass; cheaper on CPU)
@@ -88,6 +102,11 @@ class TrainConfig:
                 if not ok(value):
                     raise ConfigError(f"config key '{name}': must be {must}, got {_show(value)}")
             setattr(self, name, value)
+        if self.scenario is not None:
+            if self.finetune not in ("all", self.scenario):
+                raise ConfigError(f"config key 'scenario': {self.scenario} contradicts finetune: {self.finetune} "
+                                  "(give one of them)")
+            self.finetune = self.scenario
         if not self.model and not self.checkpoint:
             raise ConfigError("config key 'model': must name an architecture (it may be empty only with a checkpoint)")
         if self.model:
@@ -132,6 +151,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_sub_iterations": (lambda v: v >= 1, ">= 1"),
     "mask_prob": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "box_distortion": (lambda v: v >= 0.0, ">= 0"),
+    "scenario": (lambda v: v in SCENARIOS, f"one of {', '.join(SCENARIOS)} (or null)"),
+    "mask_decoder": (lambda v: v in ("sam", "refine"), "'sam' or 'refine' (or null: the model's)"),
+    "mask_decoder_depth": (lambda v: v >= 2, ">= 2 (or null)"),
+    "box_shift": (lambda v: 0.0 <= v < 0.5, "in [0, 0.5)"),
+    "frame_placement": (lambda v: v in FRAME_PLACEMENTS, f"one of {', '.join(FRAME_PLACEMENTS)}"),
+    "mask_loss": (lambda v: v in MASK_LOSSES, f"one of {', '.join(MASK_LOSSES)}"),
+    "nfl_gamma": (lambda v: v >= 0.0, ">= 0"),
     "sam_loss_resolution": (lambda v: v in ("full", "low"), "'full' or 'low'"),
     "sam_images": (lambda v: v >= 1, ">= 1 (or null for all)"),
     "sam_every": (lambda v: v >= 1, ">= 1"),

@@ -38,6 +38,7 @@ from histosam.train.losses import distance_loss, sam_loss
 from histosam.train.prompts import (
     boxes_from_masks,
     correction_points,
+    frame_origin,
     prompt_kind,
     random_points,
     sample_batch_objects,
@@ -56,7 +57,9 @@ def set_trainable(model: torch.nn.Module, mode: str) -> list[torch.nn.Parameter]
 
     ``mask_decoder``: mask decoder only; ``encoder_and_mask_decoder``: image encoder + mask decoder;
     ``all``: everything; ``decoders``: mask decoder + instance decoder (frozen image encoder).
-    The prompt encoder trains in ``all`` only.
+    The prompt encoder trains in ``all`` only. The first three are Kim et al.'s scenarios (``scenario`` in the
+    config, :data:`histosam.train.config.SCENARIOS`); the mask decoder is whichever the model has (SAM's or the
+    refine decoder).
     """
     parts = {
         "mask_decoder": ["mask_decoder"],
@@ -93,6 +96,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.epoch, self.step, self.best = 0, 0, math.inf
         self.skipped_steps = 0
+        self.origin = (0, 0)  #: (row, col) of the current batch's patches in the padded frame (frame_placement)
         from histosam.inference.runtime import cpu_has_fast_bf16
 
         self.amp = bool(cfg.amp and (self.device.type == "cuda" or (cfg.cpu_amp and cpu_has_fast_bf16())))
@@ -100,11 +104,21 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ frames
-    def _to_frame(self, images: torch.Tensor) -> tuple[torch.Tensor, float, tuple[int, int]]:
-        """``B×3×P×P`` 0–255 → preprocessed ``B×3×S×S``, the patch→input scale and the resized size."""
+    def _to_frame(self, images: torch.Tensor, rng: np.random.Generator | None = None
+                  ) -> tuple[torch.Tensor, float, tuple[int, int]]:
+        """``B×3×P×P`` 0–255 → preprocessed ``B×3×S×S``, the patch→input scale and the resized size. With
+        ``frame_placement: random`` (native-resolution models padded to the frame) the patches sit at a random
+        place of the frame (``self.origin``, drawn from ``rng``), else at its top-left corner."""
         p = images.shape[-1]
         s = self.model.image_size
         resize = getattr(self.model.config, "resize_longest_side", True)
+        self.origin = (0, 0)
+        if not resize and self.cfg.pad_to_frame and self.cfg.frame_placement == "random" and rng is not None \
+                and p < s:
+            self.origin = frame_origin(p, s, self.model.embedding_stride, rng)
+            r0, c0 = self.origin
+            x = self.model.preprocess(images, pad_to=p)
+            return F.pad(x, (c0, s - p - c0, r0, s - p - r0)), 1.0, (p, p)
         if not resize and not self.cfg.pad_to_frame:
             if p % 16:
                 raise ParameterError(f"patch size {p} must be a multiple of 16 without pad_to_frame")
@@ -128,7 +142,8 @@ class Trainer:
         s = self._frame_side(p)
         if x.shape[-1] != s:
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-        x = x[..., : hw[0], : hw[1]]
+        r0, c0 = self.origin
+        x = x[..., r0: r0 + hw[0], c0: c0 + hw[1]]
         if x.shape[-1] != p:
             x = F.interpolate(x, size=(p, p), mode="bilinear", align_corners=False)
         return x
@@ -145,6 +160,8 @@ class Trainer:
             return None
         kind, multimask = prompt_kind(iteration)
         p = inst.shape[-1]
+        r0, c0 = self.origin
+        shift = np.array([c0, r0], np.float32)  # patch (x, y) -> frame, after the scale
         # all objects of all images in one decoder batch: K = B·n objects, each with its image's embedding
         gt = np.concatenate([inst[b][None] == ids[b][:, None, None] for b in range(inst.shape[0])])  # K×P×P
         owner = np.repeat(np.arange(inst.shape[0]), [len(i) for i in ids])
@@ -154,10 +171,11 @@ class Trainer:
         gt_low = None
         coords = labels = boxes = mask_in = None
         if kind == "point":
-            coords = torch.from_numpy(random_points(gt, rng) * scale).to(self.device)
+            coords = torch.from_numpy(random_points(gt, rng) * scale + shift).to(self.device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=self.device)
         else:
-            boxes = torch.from_numpy(boxes_from_masks(gt, rng, cfg.box_distortion) * scale).to(self.device)
+            boxes = boxes_from_masks(gt, rng, cfg.box_distortion, shift=cfg.box_shift)
+            boxes = torch.from_numpy(boxes * scale + np.tile(shift, 2)).to(self.device)
         total = emb.new_zeros(())
         for sub in range(cfg.n_sub_iterations):
             low, iou = self.model.decode_masks(emb_k, coords, labels, boxes, mask_in,
@@ -165,11 +183,11 @@ class Trainer:
             if low_res:
                 if gt_low is None:
                     gt_low = self._gt_low_res(gt_t, low.shape[-1], hw, p)
-                loss, _, _ = sam_loss(low.float(), iou.float(), gt_low)
+                loss, _, _ = sam_loss(low.float(), iou.float(), gt_low, cfg.mask_loss, cfg.nfl_gamma)
                 logits = None
             else:
                 logits = self._to_patch(low, hw, p)
-                loss, _, _ = sam_loss(logits.float(), iou.float(), gt_t)
+                loss, _, _ = sam_loss(logits.float(), iou.float(), gt_t, cfg.mask_loss, cfg.nfl_gamma)
             total = total + loss
             if sub == cfg.n_sub_iterations - 1:
                 break
@@ -181,7 +199,7 @@ class Trainer:
                 pred = (logits[rows, best] > 0).cpu().numpy()
                 low_best = low[rows, best][:, None].detach()
             new_c, new_l = correction_points(gt, pred, rng)
-            new_c = torch.from_numpy(new_c * scale).to(self.device)
+            new_c = torch.from_numpy(new_c * scale + shift).to(self.device)
             new_l = torch.from_numpy(new_l).to(self.device)
             coords = new_c if coords is None else torch.cat([coords, new_c], 1)
             labels = new_l if labels is None else torch.cat([labels, new_l], 1)
@@ -198,7 +216,8 @@ class Trainer:
         g = gt.float()
         if g.shape[-2:] != tuple(hw):
             g = F.interpolate(g, size=hw, mode="bilinear", align_corners=False)
-        frame[..., : hw[0], : hw[1]] = g
+        r0, c0 = self.origin
+        frame[..., r0: r0 + hw[0], c0: c0 + hw[1]] = g
         return F.adaptive_avg_pool2d(frame, size) >= 0.5
 
     def decoder_objective(self, frame: torch.Tensor, emb, skips, hw, targets: torch.Tensor) -> torch.Tensor:
@@ -229,7 +248,7 @@ class Trainer:
         images, targets = images.to(self.device), targets.to(self.device)
         inst_np = inst.numpy()
         out: dict[str, float] = {}
-        frame, scale, hw = self._to_frame(images)
+        frame, scale, hw = self._to_frame(images, rng)
         if self.device.type == "cpu":
             frame = frame.contiguous(memory_format=torch.channels_last)
         run_sam = self.step % max(1, self.cfg.sam_every) == 0
@@ -292,7 +311,7 @@ class Trainer:
         for i in range(n):
             image, inst, targets = self.val_ds[i]
             images, targets = image[None].to(self.device), targets[None].to(self.device)
-            frame, scale, hw = self._to_frame(images)
+            frame, scale, hw = self._to_frame(images, rng)
             with self._autocast():
                 emb, skips = self.model.encode(frame)
                 sl = self.sam_objective(emb, inst[None].numpy(), scale, hw, rng, i)
@@ -458,6 +477,22 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     return model
 
 
+def apply_mask_decoder(cfg: TrainConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """Give ``model`` the config's ``mask_decoder`` (``refine``: Kim et al.'s decoder initialised from the model's
+    SAM decoder, :func:`histosam.models.refine_decoder.use_mask_decoder`, with ``mask_decoder_depth`` blocks);
+    ``None`` keeps the model's decoder."""
+    if cfg.mask_decoder is None:
+        if cfg.mask_decoder_depth is not None:
+            raise ParameterError("mask_decoder_depth needs mask_decoder: refine")
+        return model
+    from histosam.models.refine_decoder import use_mask_decoder
+
+    options = {"depth": cfg.mask_decoder_depth} if cfg.mask_decoder_depth is not None else None
+    if cfg.mask_decoder == "sam" and options:
+        raise ParameterError("mask_decoder_depth is an option of the refine decoder (mask_decoder: refine)")
+    return use_mask_decoder(model, cfg.mask_decoder, options)
+
+
 def build_and_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Build the model and data of ``cfg`` and train (the ``histosam train`` entry point)."""
     from histosam.models.build import build_model
@@ -470,6 +505,7 @@ def build_and_train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     else:
         head = default_instance_head(cfg.model) if cfg.with_instance_decoder else None
         model = build_model(cfg.model, instance_decoder=head)
+    apply_mask_decoder(cfg, model)
     train_s, val_s = split_samples(list_samples(cfg.data_dirs), cfg.val_ids, cfg.val_fraction, cfg.seed)
     data_kw = dict(min_instances=cfg.min_instances, min_size=cfg.min_size, augment=cfg.augment,
                    scale_range=cfg.scale_range, hed=cfg.hed_jitter, brightness=cfg.brightness,

@@ -54,11 +54,13 @@ def random_points(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def boxes_from_masks(masks: np.ndarray, rng: np.random.Generator | None = None,
-                     distortion: float = 0.025) -> np.ndarray:
+                     distortion: float = 0.025, shift: float = 0.0) -> np.ndarray:
     """Bounding boxes ``N×4`` float32 ``[x0, y0, x1, y1]`` (max exclusive), jittered outward.
 
     Each side moves outward by ``round(U(0, distortion) · side length)`` px (independently per side;
-    x sides use the box width, y sides its height) and is clipped to the image.
+    x sides use the box width, y sides its height) and is clipped to the image. With ``shift`` > 0 each side
+    then moves by ``round(U(−shift, shift) · side length)`` px, in or out (a user's box that cuts into the object or
+    sits off-centre); a box keeps at least one pixel a side.
     """
     n, h, w = masks.shape
     out = np.zeros((n, 4), np.float32)
@@ -75,6 +77,13 @@ def boxes_from_masks(masks: np.ndarray, rng: np.random.Generator | None = None,
             y0 = max(0, y0 - int(round(d[1] * bh)))
             x1 = min(w, x1 + int(round(d[2] * bw)))
             y1 = min(h, y1 + int(round(d[3] * bh)))
+        if rng is not None and shift > 0:
+            bw, bh = x1 - x0, y1 - y0
+            d = rng.uniform(-shift, shift, size=4)
+            x0 = int(np.clip(x0 + round(d[0] * bw), 0, w - 1))
+            y0 = int(np.clip(y0 + round(d[1] * bh), 0, h - 1))
+            x1 = int(np.clip(x1 + round(d[2] * bw), x0 + 1, w))
+            y1 = int(np.clip(y1 + round(d[3] * bh), y0 + 1, h))
         out[i] = (x0, y0, x1, y1)
     return out
 
@@ -116,3 +125,13 @@ def to_input_frame(coords: np.ndarray, patch_hw: tuple[int, int], image_size: in
     """Scale (x, y) points or ``[x0, y0, x1, y1]`` boxes from the patch frame to the model input frame
     (the patch resized so its longest side is ``image_size``)."""
     return (np.asarray(coords, np.float32) * (image_size / max(patch_hw))).astype(np.float32)
+
+
+def frame_origin(patch: int, frame: int, stride: int, rng: np.random.Generator) -> tuple[int, int]:
+    """A random (row, col) for a ``patch``-px patch inside a ``frame``-px frame, a multiple of ``stride`` (the
+    embedding stride, so the encoder sees the patch on the same grid as at inference), uniform over the places
+    that keep the patch inside the frame: training prompts then reach every part of the frame, not only its
+    top-left ``patch``² corner."""
+    last = (frame - patch) // stride
+    r, c = rng.integers(0, last + 1, size=2)
+    return int(r) * stride, int(c) * stride
