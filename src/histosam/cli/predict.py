@@ -5,6 +5,11 @@ Examples::
     histosam predict image.png -o mask.png --point 120,80
     histosam predict image.tif -o mask.tif --model vit_b_histopathology --box 10,20,60,90 --point 30,40,0
     histosam predict image.png -o mask.png --point 120,80 --multimask --precision fp32
+    histosam predict image.png -o mask2.png --point 120,80 --point 131,84,0 --mask-input mask.png
+
+Iterative correction: give all clicks so far (``--point`` is repeatable, each with its label) and the earlier
+mask (``--mask-input``: the mask a previous run wrote, or any mask image of IMAGE's size, non-zero = object); it
+goes in as SAM's mask prompt.
 
 Coordinates are image pixels, ``x`` to the right and ``y`` down (QuPath / napari-x convention). A point's
 optional third value is its label: 1 foreground (default), 0 background. Writes the mask with the highest
@@ -72,6 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--point", type=point_arg, action="append", default=[], metavar="X,Y[,LABEL]",
                    help="point prompt (repeatable); LABEL 1 = foreground (default), 0 = background")
     p.add_argument("--box", type=box_arg, default=None, metavar="X0,Y0,X1,Y1", help="box prompt")
+    p.add_argument("--mask-input", default=None, metavar="MASK",
+                   help="an earlier mask of IMAGE (PNG/TIFF of the same size, non-zero = object; e.g. the OUT of a "
+                   "previous run) fed back as the mask prompt, for iterative correction with more clicks")
     p.add_argument("--multimask", action="store_true",
                    help="predict three candidates and keep the best (helps with a single ambiguous point)")
     add_mpp_option(p, "IMAGE: resampled to the model's resolution where the model states one (default: what a TIFF "
@@ -81,8 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def check_prompts(points: list[tuple[float, float, int]], box: tuple[float, ...] | None,
-                  shape: tuple[int, int]) -> None:
-    """Raise :class:`HistosamError` when there is no prompt or a prompt lies outside the ``H×W`` image."""
+                  shape: tuple[int, int], has_mask: bool = False) -> None:
+    """Raise :class:`HistosamError` when there is no prompt or a prompt lies outside the ``H×W`` image (with an
+    earlier mask, background points alone are a correction)."""
     h, w = shape
     if not points and box is None:
         raise HistosamError("give at least one prompt: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1")
@@ -93,7 +102,7 @@ def check_prompts(points: list[tuple[float, float, int]], box: tuple[float, ...]
         x0, y0, x1, y1 = box
         if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
             raise HistosamError(f"box {list(box)} does not overlap the {w}×{h} image")
-    if points and not any(label == 1 for *_, label in points) and box is None:
+    if points and not any(label == 1 for *_, label in points) and box is None and not has_mask:
         raise HistosamError("only background points given: add a foreground point (label 1) or a box")
 
 
@@ -112,6 +121,31 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
     return write_labels_tiff(path, mask.astype(np.uint32))
 
 
+def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A mask image (PNG, TIFF, ...; non-zero = object) of an ``H×W`` image as bool; one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise HistosamError(f"--mask-input {p} does not exist")
+    try:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(p))
+        else:
+            from PIL import Image
+
+            with Image.open(p) as im:
+                arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file is one message
+        raise HistosamError(f"--mask-input {p} cannot be read as an image ({exc})") from None
+    if arr.ndim == 3:
+        arr = arr.any(axis=-1) if arr.shape[-1] in (3, 4) else arr[0]
+    if arr.shape != tuple(shape):
+        raise HistosamError(f"--mask-input {p} is {arr.shape[1]}×{arr.shape[0]} px, IMAGE {shape[1]}×{shape[0]}: "
+                            "give a mask of the image's size")
+    return arr != 0
+
+
 def run(args: argparse.Namespace) -> int:
     from histosam.inference.predictor import Predictor
     from histosam.io.atomic import atomic_write
@@ -126,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mpp is not None and not args.mpp > 0:
         raise HistosamError("--mpp must be > 0")
     image = read_image(args.image)
-    check_prompts(args.point, args.box, image.shape[:2])
+    mask_path = getattr(args, "mask_input", None)
+    check_prompts(args.point, args.box, image.shape[:2], has_mask=mask_path is not None)
+    earlier = read_mask(mask_path, image.shape[:2]) if mask_path is not None else None
     mpp = args.mpp if args.mpp is not None else image_mpp(args.image)
     mpp_source = "given" if args.mpp is not None else ("file" if mpp is not None else "none")
     model = load_model(args.model, device=args.device, allow_pickle=args.allow_pickle)
@@ -141,7 +177,11 @@ def run(args: argparse.Namespace) -> int:
     points = np.array([p[:2] for p in args.point], dtype=np.float32) if args.point else None
     labels = np.array([p[2] for p in args.point], dtype=np.int64) if args.point else None
     box = np.array(args.box, dtype=np.float32) if args.box is not None else None
-    pred = predictor.predict(points=points, labels=labels, box=box, multimask=args.multimask)
+    mask_kw: dict[str, Any] = {}
+    if earlier is not None:
+        mask_input, origin = predictor.mask_prompt(earlier, points, box)
+        mask_kw = {"mask_input": mask_input, "mask_origin": origin}
+    pred = predictor.predict(points=points, labels=labels, box=box, multimask=args.multimask, **mask_kw)
     scores = pred.scores[0]
     best = int(np.argmax(scores))
     mask = pred.masks[0, best]
@@ -159,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         "mpp_source": mpp_source,
         "resample_factor": predictor.scale,
         "prompts": {"points": [[x, y] for x, y, _ in args.point], "labels": [lab for *_, lab in args.point],
-                    "box": list(args.box) if args.box is not None else None},
+                    "box": list(args.box) if args.box is not None else None,
+                    "mask_input": str(mask_path) if mask_path is not None else None},
         "multimask": bool(args.multimask),
         "scores": [float(s) for s in scores],
         "best": best,

@@ -359,6 +359,47 @@ class Predictor:
             pass
         return out
 
+    def mask_prompt(self, mask: np.ndarray, points: np.ndarray | None = None, box: np.ndarray | None = None,
+                    eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+        """An earlier mask as a mask prompt: ``(mask_input (1, 4h, 4w), mask_origin (2,))`` for :meth:`predict`.
+
+        ``mask``: bool ``H×W`` in the pixels given to :meth:`set_image` (e.g. the mask a previous
+        ``histosam predict`` wrote, or a QuPath annotation). It is put in the frame of the tile that its extent
+        and the new ``points``/``box`` go to, area-averaged onto the low-resolution grid, clipped to
+        ``[eps, 1 − eps]`` and turned into logits (as micro-sam turns a mask into a mask prompt)."""
+        import torch.nn.functional as F
+
+        tiles = self._require_image()
+        (oh, ow), (ih, iw) = self._sizes()
+        m = np.asarray(mask)
+        if m.shape != (ih, iw):
+            raise HistosamError(f"the mask is {m.shape[1] if m.ndim > 1 else '?'}×{m.shape[0]} px, the image "
+                                f"{iw}×{ih}: give a mask of the image's size")
+        m = m.astype(bool)
+        if self.scale != 1.0:
+            from histosam.tasks.nuclei import resample_labels
+
+            m = resample_labels(m.astype(np.uint8), (oh, ow)) > 0
+        coords = []
+        rows, cols = np.nonzero(m)
+        if rows.size:
+            coords.append(np.array([[cols.min(), rows.min()], [cols.max() + 1, rows.max() + 1]], np.float32))
+        sx, sy = ow / iw, oh / ih
+        if points is not None:
+            coords.append(np.asarray(points, np.float32).reshape(-1, 2) * np.array([sx, sy], np.float32))
+        if box is not None:
+            coords.append(np.asarray(box, np.float32).reshape(-1, 2) * np.array([sx, sy], np.float32))
+        k = self._choose_tile(tiles, np.concatenate(coords)[None], None, 0) if coords else 0
+        tile = tiles[k]
+        crop = torch.from_numpy(m[tile.row: tile.row + tile.h, tile.col: tile.col + tile.w].astype(np.float32))
+        crop = crop[None, None]
+        if tuple(tile.input_size) != (tile.h, tile.w):
+            crop = F.interpolate(crop, size=tuple(tile.input_size), mode="bilinear", align_corners=False)
+        frame = torch.zeros(1, 1, self.frame, self.frame)
+        frame[..., : crop.shape[-2], : crop.shape[-1]] = crop
+        low = F.adaptive_avg_pool2d(frame, tuple(self.model.prompt_encoder.mask_input_size)).clamp(eps, 1 - eps)
+        return torch.log(low / (1 - low))[0].numpy().astype(np.float32), np.array([tile.row, tile.col], np.int64)
+
     def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(working image size, size of the image given to set_image), after :meth:`set_image`."""
         if self.original_size is None or self.input_size is None:

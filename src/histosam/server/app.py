@@ -127,9 +127,31 @@ def _prompt_arrays(body: SAMBody, shape: tuple[int, int]) -> tuple[Any, Any, Any
         raise RequestError("the request has no prompt: give bbox and/or point_coords with point_labels")
     if labels is not None and box is None and not (labels == 1).any():
         raise RequestError("point prompts need at least one foreground point (label 1)")
-    if body.b64mask:
-        raise RequestError("b64mask is not supported by this server (the QuPath client never sends it)")
     return points, labels, box
+
+
+def _prompt_mask(body: SAMBody, shape: tuple[int, int]) -> Any:
+    """``b64mask``: an earlier mask of the object as a base64 image (PNG, ...) of the viewport image's size,
+    non-zero = object (fed back as SAM's mask prompt, for iterative correction); ``None`` when absent."""
+    if not body.b64mask:
+        return None
+    import io
+
+    from PIL import Image
+
+    from histosam.server.imaging import _b64_to_bytes
+
+    try:
+        with Image.open(io.BytesIO(_b64_to_bytes(body.b64mask))) as im:
+            arr = np.asarray(im)
+    except Exception as exc:  # noqa: BLE001 -- any undecodable mask is one 4xx message
+        raise RequestError(f"b64mask is not a base64 image ({type(exc).__name__})") from None
+    if arr.ndim == 3:
+        arr = arr.any(axis=-1)
+    if arr.shape != tuple(shape):
+        raise RequestError(f"b64mask is {arr.shape[1]}×{arr.shape[0]} px; it must have the image's size "
+                           f"{shape[1]}×{shape[0]}")
+    return arr != 0
 
 
 def _typed_properties(idx: int, result: Any) -> dict[str, Any]:
@@ -207,7 +229,9 @@ def create_app(backend: ModelBackend, weights: WeightsTable, config: ServerConfi
         entry = weights.resolve(body.type, body.checkpoint_url)
         image: DecodedImage = decode_image(body.b64img, config.max_pixels)
         points, labels, box = _prompt_arrays(body, image.shape)
-        result = backend.predict(entry, image, points, labels, box, body.multimask_output)
+        mask = _prompt_mask(body, image.shape)
+        extra = {"mask": mask} if mask is not None else {}  # backends without mask prompts still answer the rest
+        result = backend.predict(entry, image, points, labels, box, body.multimask_output, **extra)
         features = []
         for i, (mask, score) in enumerate(zip(result.masks, result.scores)):
             geom = mask_to_geometry(mask)

@@ -180,9 +180,11 @@ class ModelBackend(Protocol):
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
+        mask: np.ndarray | None = None,
     ) -> PromptResult:
         """Prompted masks for one object; ``points`` ``(N,2)`` float (x, y), ``labels`` ``(N,)``,
-        ``box`` ``(4,)`` ``[x0, y0, x1, y1]``, all in pixels of ``image``."""
+        ``box`` ``(4,)`` ``[x0, y0, x1, y1]``, all in pixels of ``image``; ``mask``: an earlier mask of the object
+        (bool, ``image``'s size; the app passes it only when the request has one)."""
         ...
 
     def automask(self, entry: WeightEntry, image: DecodedImage, amg_params: dict[str, Any]) -> AutoResult:
@@ -291,6 +293,7 @@ class HistosamBackend:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         multimask: bool,
+        mask: np.ndarray | None = None,
     ) -> PromptResult:
         n = 0 if points is None else len(points)
         if n > self.limits.max_points:
@@ -298,7 +301,11 @@ class HistosamBackend:
         self._prefetch(entry)
         with self.lock:
             pred = self._predictor(entry, image)
-            out = pred.predict(points=points, labels=labels, box=box, multimask=multimask)
+            kw: dict[str, Any] = {}
+            if mask is not None:
+                mask_input, origin = pred.mask_prompt(mask, points, box)
+                kw = {"mask_input": mask_input, "mask_origin": origin}
+            out = pred.predict(points=points, labels=labels, box=box, multimask=multimask, **kw)
         masks = np.asarray(_numpy(out.masks), dtype=bool)[0]
         scores = np.asarray(_numpy(out.scores), dtype=np.float32)[0]
         return PromptResult(masks=masks, scores=scores)
