@@ -16,7 +16,7 @@ import numpy as np
 
 from histosam.cli.options import add_model_options, add_mpp_option
 
-TASKS = ("ais", "amg", "point", "box", "iterative", "clicks", "baseline", "classes")
+TASKS = ("ais", "amg", "point", "box", "iterative", "clicks", "baseline", "classes", "tissue")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -34,6 +34,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed of the split and of prompt sampling")
     p.add_argument("--split", choices=("val", "train", "all"), default="all")
     p.add_argument("--max-images", type=int, default=None, help="first N images (sorted by id) only")
+    p.add_argument("--ids", type=Path, default=None,
+                   help="score only these images: a text file with one id per line, or a JSON file with a 'val' "
+                   "list (the split.json a training run writes)")
     p.add_argument("-o", "--out", type=Path, default=None, help="output folder (default evaluation-<task>)")
     p.add_argument("--pixel-size", type=float, default=0.25, help="µm per pixel (baseline)")
     p.add_argument("--relabel-gt", action="store_true",
@@ -57,11 +60,32 @@ def _select(args):
         train, val = split_ids([s.id for s in samples], args.val_fraction, args.seed)
         keep = set(val if args.split == "val" else train)
         samples = [s for s in samples if s.id in keep]
+    if args.ids is not None:
+        keep = set(_read_ids(args.ids))
+        samples = [s for s in samples if s.id in keep]
     if args.max_images is not None:
         samples = samples[: max(args.max_images, 0)]
     if not samples:
         raise DatasetError("no images selected")
     return samples
+
+
+def _read_ids(path: Path) -> list[str]:
+    import json
+
+    from histosam.evaluation.datasets import DatasetError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"cannot read --ids {path}: {exc.strerror or exc}") from exc
+    if path.suffix == ".json":
+        data = json.loads(text)
+        ids = data.get("val") if isinstance(data, dict) else data
+        if not isinstance(ids, list):
+            raise DatasetError(f"--ids {path}: expected a JSON list or an object with a 'val' list")
+        return [str(i) for i in ids]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def _auto_scores(gt, pred, relabel: bool) -> dict:
@@ -123,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             row |= _auto_scores(gt, np.asarray(pred), args.relabel_gt)
         elif args.task == "classes":
             row |= _classes(model, image, gt, gt_classes, s.id, args, extra)
+        elif args.task == "tissue":
+            row |= _tissue(model, image, gt, gt_classes, s, args)
         elif args.task in ("point", "box", "iterative"):
             row |= _interactive(predictor, image, gt, args, extra)
         else:
@@ -131,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
         key = "mSA" if "mSA" in row else next(iter(k for k in row if k not in ("image",)))
         print(f"[{k}/{len(samples)}] {s.id}: {key}={row[key]:.4f} ({row['seconds']:.1f}s)", file=sys.stderr)
-    tables = R.write_tables(rows, out, args.task, md_columns=None if args.task == "classes" else MD_COLUMNS)
+    tables = R.write_tables(rows, out, args.task, md_columns=None if args.task in ("classes", "tissue") else MD_COLUMNS)
     _plots(args, rows, extra, out)
     model_name = "-" if model is None else getattr(getattr(model, "config", None), "name", args.model)
     if "type_stats" in extra:  # HoVer-Net's statistics over all images (counts summed, as HoVer-Net reports them)
@@ -146,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
     _write_report(args, out, tables, len(samples), time.perf_counter() - t_start, model_name)
     mean = tables["mean"]
     shown = [c for c in ("mSA", "SA50", "PQ", "AJI", "point", "box", "I_P", "I_B", "NoC@85", "NoC@90",
-                         "NoF@90", "SPC") if c in mean]
+                         "NoF@90", "SPC", "object_F1", "object_Dice", "object_Hausdorff_um", "region_Dice",
+                         "region_IoU", "weighted_Dice", "grade_correct") if c in mean]
     shown += [c for c in mean if c.startswith("pooled ") or c == "mPQ"]
     print(" ".join(f"{c}={mean[c]:.4f}" for c in shown))
     print(f"wrote {out / 'report.md'}")
@@ -181,6 +208,48 @@ def _classes(model, image, gt, gt_classes, sample_id: str, args, extra) -> dict:
         row[f"F_{names[k]}"] = one.f_c(k)
         row[f"PQ_{names[k]}"] = per.get(k, float("nan"))
     return row
+
+
+def _tissue(model, image, gt, gt_classes, sample, args) -> dict:
+    """Regions: GlaS object F1 / Dice / Hausdorff (µm) of the region instances, region (foreground) pixel Dice and
+    IoU, per-class pixel Dice when the folder has ``<id>_class.tif``, and the image grade when ``grade.csv``
+    (GlaS) lies beside the images and the model grades its regions (benign / malignant classes)."""
+    from histosam.evaluation.glands import glas_object_metrics, pixel_scores
+    from histosam.tasks.tissue import segment_tissue
+
+    res = segment_tissue(image, model, mpp=args.mpp)
+    obj = glas_object_metrics(gt, res.instances)
+    px = pixel_scores((gt > 0).astype(np.uint8), (res.class_map > 0).astype(np.uint8), 2)
+    mpp = float(args.mpp or res.mpp)
+    row = {"n_gt": int(len(np.unique(gt[gt > 0]))), "n_pred": int(len(np.unique(res.instances[res.instances > 0]))),
+           "object_F1": obj.f1, "object_Dice": obj.dice, "object_Hausdorff_um": obj.hausdorff * mpp,
+           "region_Dice": float(px["dice"][1]), "region_IoU": float(px["iou"][1])}
+    if gt_classes is not None:
+        per = pixel_scores(gt_classes, res.class_map, len(res.class_names))
+        row["weighted_Dice"] = per["weighted_dice"]
+        for k, name in enumerate(res.class_names):
+            row[f"Dice_{name}"] = float(per["dice"][k])
+    grade = _grade(sample)
+    names = res.class_names
+    if grade and "malignant gland" in names and "benign gland" in names:
+        votes = [int((res.class_map == names.index(n)).sum()) for n in ("benign gland", "malignant gland")]
+        if sum(votes):
+            row["grade_correct"] = float((votes[1] > votes[0]) == (grade == "malignant"))
+    return row
+
+
+def _grade(sample) -> str:
+    """The GlaS image grade (``benign`` / ``malignant``) from ``grade.csv`` beside or above the image, or ''."""
+    import csv
+
+    folder = Path(sample.image).parent
+    for where in (folder / "grade.csv", folder.parent / "grade.csv"):
+        if where.is_file():
+            with open(where, newline="", encoding="utf-8") as f:
+                for r in csv.DictReader(f):
+                    if r.get("name") == sample.id:
+                        return (r.get("grade_glas") or "").strip()
+    return ""
 
 
 def _interactive(predictor, image, gt, args, extra) -> dict:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
     "slide": "slide",
+    "tissue": "tissue",
     "serve": "serve",
 }
 
@@ -32,6 +33,7 @@ DESCRIPTIONS: dict[str, str] = {
     "evaluate": "evaluate a model or the classical baseline on an annotated folder",
     "train": "train or finetune a model from a YAML config",
     "slide": "segment whole slides (streaming, resumable, Dask)",
+    "tissue": "tissue regions (glands) of images and whole slides",
     "serve": "HTTP server compatible with QuPath's SAM extension",
 }
 

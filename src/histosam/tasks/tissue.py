@@ -44,14 +44,16 @@ def tissue_tiling(model, tile: int | None = None, halo: int | None = None) -> tu
     return tile, halo
 
 
-def iter_windows(shape: tuple[int, int], tile: int, halo: int
+def iter_windows(shape: tuple[int, int], tile: int, halo: int, region: tuple[int, int, int, int] | None = None
                  ) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice]]]:
-    """``(window, core)`` slices in image coordinates: ``core`` tiles the image exactly once; ``window`` is the
-    core grown by ``halo`` where the image has pixels."""
+    """``(window, core)`` slices in array coordinates: the cores tile ``region`` (``(r0, c0, r1, c1)``, default
+    the whole array) exactly once, on a grid starting at ``(r0, c0)``; each window is its core grown by ``halo``
+    where the array has pixels."""
     h, w = shape
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            core = (slice(y0, min(h, y0 + tile)), slice(x0, min(w, x0 + tile)))
+    r0, c0, r1, c1 = region if region is not None else (0, 0, h, w)
+    for y0 in range(r0, r1, tile):
+        for x0 in range(c0, c1, tile):
+            core = (slice(y0, min(r1, y0 + tile)), slice(x0, min(c1, x0 + tile)))
             win = (slice(max(0, y0 - halo), min(h, y0 + tile + halo)),
                    slice(max(0, x0 - halo), min(w, x0 + tile + halo)))
             yield win, core
@@ -59,16 +61,19 @@ def iter_windows(shape: tuple[int, int], tile: int, halo: int
 
 @torch.inference_mode()
 def tissue_scores(model, rgb: np.ndarray, tile: int | None = None, halo: int | None = None,
-                  batch_size: int = 4) -> np.ndarray:
-    """Per-channel scores ``(K+1)×H×W`` float32 in [0, 1] of an RGB ``H×W×3`` uint8 image **at the model's
+                  batch_size: int = 4, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Per-channel scores ``(K+1)×h×w`` float32 in [0, 1] of an RGB ``H×W×3`` uint8 image **at the model's
     working resolution**: K class scores (background first) then the contour score (see
-    :class:`~histosam.models.class_prompts.ClassPromptHead`)."""
+    :class:`~histosam.models.class_prompts.ClassPromptHead`). ``region`` ``(r0, c0, r1, c1)`` limits the output
+    to that box (``h×w``), with the rest of the array as context; a slide chunk read with ``halo`` px of context
+    around it gives the same scores as the whole image when its origin is on the tile grid."""
     tissue_classes(model)
     tile, halo = tissue_tiling(model, tile, halo)
     frame = int(model.config.image_size)
-    h, w = rgb.shape[:2]
+    r0, c0, r1, c1 = region if region is not None else (0, 0, *rgb.shape[:2])
+    h, w = r1 - r0, c1 - c0
     out: np.ndarray | None = None
-    windows = list(iter_windows((h, w), tile, halo))
+    windows = list(iter_windows(rgb.shape[:2], tile, halo, (r0, c0, r1, c1)))
     dtype = next(model.parameters()).dtype
     for start in range(0, len(windows), batch_size):
         group = windows[start:start + batch_size]
@@ -89,9 +94,10 @@ def tissue_scores(model, rgb: np.ndarray, tile: int | None = None, halo: int | N
         if out is None:
             out = np.zeros((scores.shape[1], h, w), np.float32)
         for i, (win, core) in enumerate(group):
-            r0, c0 = core[0].start - win[0].start, core[1].start - win[1].start
+            dr, dc = core[0].start - win[0].start, core[1].start - win[1].start
             rh, cw = core[0].stop - core[0].start, core[1].stop - core[1].start
-            out[:, core[0], core[1]] = scores[i, :, r0:r0 + rh, c0:c0 + cw].numpy()
+            out[:, core[0].start - r0:core[0].stop - r0, core[1].start - c0:core[1].stop - c0] = \
+                scores[i, :, dr:dr + rh, dc:dc + cw].numpy()
     assert out is not None
     return out
 
