@@ -121,14 +121,14 @@ def _trainer(tmp_path, net, **kw):
     return Trainer(cfg, net, ds), ds
 
 
-@pytest.mark.parametrize("scenario", list(TRAINS))
-def test_each_scenario_freezes_what_it_says(tmp_path, scenario):
+@pytest.mark.parametrize("arch,scenario", [("tiny", s) for s in TRAINS] + [("nano", "mask_decoder")])
+def test_each_scenario_freezes_what_it_says(tmp_path, arch, scenario):
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = build_model("tiny", instance_decoder="unetr", mask_decoder="refine",
-                        mask_decoder_options={"mlp_dim": 64})
+    kw = {"image_size": 128} if arch == "nano" else {"instance_decoder": "unetr"}
+    model = build_model(arch, mask_decoder="refine", mask_decoder_options={"mlp_dim": 64}, **kw)
     # mask prompts on every round, so the prompt encoder's mask branch sees gradients as well
-    tr, ds = _trainer(tmp_path, model, scenario=scenario, mask_prob=1.0)
+    tr, ds = _trainer(tmp_path, model, model=arch, scenario=scenario, mask_prob=1.0)
     assert tr.cfg.finetune == scenario
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     images, inst, targets = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
@@ -142,6 +142,9 @@ def test_each_scenario_freezes_what_it_says(tmp_path, scenario):
             assert changed, f"{scenario}: {part} should have been trained"
         else:
             assert not changed, f"{scenario}: {part} should be frozen, changed {changed[:3]}"
+            # buffers too: a frozen nano encoder's BatchNorm running statistics must not drift
+            drift = [k for k in after if k.startswith(f"{part}.") and not torch.equal(before[k], after[k])]
+            assert not drift, f"{scenario}: {part} buffers changed {drift[:3]}"
         trainable = {p.requires_grad for p in getattr(model, part).parameters()}
         assert trainable == {part in TRAINS[scenario]}, part
 

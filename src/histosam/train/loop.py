@@ -245,6 +245,9 @@ class Trainer:
     def train_step(self, images, inst, targets, rng: np.random.Generator) -> dict[str, float]:
         """One iteration: SAM step, then decoder step (or one joint step, ``joint_step``). Returns the losses."""
         self.model.train()
+        for child in self.model.children():  # frozen parts stay frozen: no BatchNorm statistics drift either
+            if not any(p.requires_grad for p in child.parameters()):
+                child.eval()
         images, targets = images.to(self.device), targets.to(self.device)
         inst_np = inst.numpy()
         out: dict[str, float] = {}
