@@ -139,7 +139,7 @@ def test_event_loop_runs_while_embedding(make_napari_viewer, qtbot, example, mpp
     assert totals and totals[-1] == 16
     during = [t for t in ticks if t0 < t < t0 + elapsed]
     # the UI thread was free: timer events all along (not one burst at the end)
-    assert len(during) >= max(5, 0.3 * elapsed / 0.02), (len(during), elapsed)
+    assert len(during) >= max(5, 0.1 * elapsed / 0.02), (len(during), elapsed)
     assert max(np.diff([t0, *during])) < 0.5 * elapsed
     print(f"embedding of the example: {elapsed:.2f} s, {len(during)} timer events meanwhile")
 
