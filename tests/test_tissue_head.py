@@ -109,3 +109,17 @@ def test_gland_targets_mark_borders_between_glands():
     assert t[3][4, 5] == 1 and t[3][4, 6] == 1  # the shared border
     assert t[3][4, 3] == 0  # the interior
     assert t[3][0, 0] == 0  # background is never contour
+
+
+def test_float16_storage_loads_back_as_float32(tmp_path):
+    import histosam
+    from histosam.registry.formats import read_checkpoint, save_histosam
+
+    model = build_model("nano", instance_decoder=None, image_size=64, tissue=_spec(False))
+    save_histosam(model, tmp_path / "h.pt", storage_dtype=torch.float16)
+    stored = read_checkpoint(tmp_path / "h.pt")["roles"]["tissue"]
+    assert stored["class_prompts"].dtype == torch.float16
+    back = histosam.load_model(str(tmp_path / "h.pt"), device="cpu")
+    w = back.tissue_decoder.class_prompts
+    assert w.dtype == torch.float32
+    assert torch.equal(w, model.tissue_decoder.class_prompts.detach().half().float())

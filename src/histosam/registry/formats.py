@@ -38,7 +38,8 @@ HISTOSAM_FORMAT_VERSION = 2
 #: model state-dict prefixes of each role (``masks`` keeps its prefixes inside the role's state)
 ROLE_PREFIXES: dict[str, tuple[str, ...]] = {"encoder": ("image_encoder.",), "masks": ("prompt_encoder.",
                                              "mask_decoder."), "instances": ("instance_decoder.",),
-                                 "classes": ("class_decoder.",), "tissue": ("tissue_decoder.",)}
+                                 "classes": ("class_decoder.",), "tissue": ("tissue_decoder.",),
+                                 "context": ("context_decoder.",)}
 _DECODER_PREFIXES = ("base.", "decoder.", "deconv1.", "deconv2.", "deconv3.", "deconv4.", "deconv_out.",
                      "decoder_head.", "out_conv.")
 
@@ -341,10 +342,15 @@ def model_roles(model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def save_histosam(model: torch.nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
-                  roles: tuple[str, ...] | None = None) -> Path:
+                  roles: tuple[str, ...] | None = None, storage_dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` in histosam's format atomically: config, weights by role with a checksum per role, optional
-    metadata. ``roles`` limits the file to some roles (e.g. ``("instances",)`` for a head shipped alone)."""
+    metadata. ``roles`` limits the file to some roles (e.g. ``("instances",)`` for a head shipped alone).
+    ``storage_dtype`` (e.g. ``torch.float16``) stores the floating-point weights in that type to halve a shipped
+    file; loading casts them back to the model's dtype (the checksums cover the stored tensors)."""
     parts = model_roles(model)
+    if storage_dtype is not None:
+        parts = {r: {k: (v.to(storage_dtype) if v.is_floating_point() else v) for k, v in st.items()}
+                 for r, st in parts.items()}
     if roles is not None:
         unknown = sorted(set(roles) - set(parts))
         if unknown:

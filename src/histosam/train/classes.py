@@ -48,6 +48,13 @@ class ClassTrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     threads: int | None = None
+    #: start the head from a trained one: a registry name whose model has a class head (``histosam-nano-classes``)
+    #: or a ``best_head.pt`` of an earlier run; ``None`` follows ``init``
+    init_head: str | None = None
+    #: share of patches centred on a nucleus of a class drawn uniformly (class-balanced sampling); 0 = random crops
+    balanced: float = 0.0
+    #: learning rate: ``constant`` or ``cosine`` (to 0 at ``iterations``)
+    schedule: str = "constant"
 
 
 def load_class_names(data_dir: str | Path) -> tuple[str, ...]:
@@ -73,14 +80,37 @@ def read_class_sample(image: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rgb, inst, cls
 
 
-def _patches(rng: np.random.Generator, data: list[tuple[np.ndarray, np.ndarray]], n: int, p: int
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random ``p×p`` patches with flips / 90° rotations: ``(uint8 n×p×p×3, int64 n×p×p)``."""
+def _class_pixels(data: list[tuple[np.ndarray, np.ndarray]], n_classes: int, stride: int = 4
+                  ) -> list[np.ndarray]:
+    """For each class ≥ 1: ``(image index, row, col)`` of pixels of that class (every ``stride``-th pixel)."""
+    out = []
+    for k in range(1, n_classes):
+        rows = []
+        for i, (_, cls) in enumerate(data):
+            r, c = np.nonzero(cls[::stride, ::stride] == k)
+            rows.append(np.stack([np.full(r.size, i), r * stride, c * stride], axis=1))
+        out.append(np.concatenate(rows) if rows else np.zeros((0, 3), int))
+    return out
+
+
+def _patches(rng: np.random.Generator, data: list[tuple[np.ndarray, np.ndarray]], n: int, p: int,
+             balanced: float = 0.0, class_pixels: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random ``p×p`` patches with flips / 90° rotations: ``(uint8 n×p×p×3, int64 n×p×p)``. With
+    ``balanced`` > 0 that share of the patches is centred (± p/4) on a pixel of a class drawn uniformly."""
     imgs, tgts = [], []
+    pools = [q for q in (class_pixels or []) if len(q)]
     for _ in range(n):
-        rgb, cls = data[int(rng.integers(len(data)))]
-        r = int(rng.integers(0, rgb.shape[0] - p + 1))
-        c = int(rng.integers(0, rgb.shape[1] - p + 1))
+        if pools and rng.random() < balanced:
+            pool = pools[int(rng.integers(len(pools)))]
+            i, y, x = pool[int(rng.integers(len(pool)))]
+            rgb, cls = data[int(i)]
+            jitter = rng.integers(-p // 4, p // 4 + 1, 2)
+            r = int(np.clip(y - p // 2 + jitter[0], 0, rgb.shape[0] - p))
+            c = int(np.clip(x - p // 2 + jitter[1], 0, rgb.shape[1] - p))
+        else:
+            rgb, cls = data[int(rng.integers(len(data)))]
+            r = int(rng.integers(0, rgb.shape[0] - p + 1))
+            c = int(rng.integers(0, rgb.shape[1] - p + 1))
         a, b = rgb[r:r + p, c:c + p], cls[r:r + p, c:c + p]
         k = int(rng.integers(4))
         a, b = np.rot90(a, k), np.rot90(b, k)
@@ -89,6 +119,26 @@ def _patches(rng: np.random.Generator, data: list[tuple[np.ndarray, np.ndarray]]
         imgs.append(np.ascontiguousarray(a))
         tgts.append(np.ascontiguousarray(b))
     return np.stack(imgs), np.stack(tgts).astype(np.int64)
+
+
+def _initial_head(source: str, names, widths):
+    """A class head copied from a model with one (registry name or checkpoint) or from a ``best_head.pt``."""
+    from histosam.models.nano import NanoClassDecoder
+    from histosam.registry.loader import load_model
+
+    head = NanoClassDecoder(names, widths=widths)
+    path = Path(source)
+    if path.is_file() and path.name.endswith("_head.pt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if list(state.get("class_names", [])) != list(names):
+            raise DataError(f"{source} has classes {state.get('class_names')}, the data {list(names)}")
+        head.load_state_dict(state["state_dict"])
+        return head
+    donor = load_model(source, device="cpu")
+    if donor.class_decoder is None or list(donor.config.class_names) != list(names):
+        raise DataError(f"{source} has no class head for the classes {list(names)}")
+    head.load_state_dict(donor.class_decoder.state_dict())
+    return head
 
 
 def train_class_head(cfg: ClassTrainConfig, log=print) -> dict[str, Any]:
@@ -105,7 +155,9 @@ def train_class_head(cfg: ClassTrainConfig, log=print) -> dict[str, Any]:
     names = load_class_names(cfg.data_dir)
     model = load_model(cfg.checkpoint, device="cpu")
     widths = tuple(model.image_encoder.widths[:2])
-    if cfg.init == "from_ais":
+    if cfg.init_head:
+        head = _initial_head(cfg.init_head, names, widths)
+    elif cfg.init == "from_ais":
         head = NanoClassDecoder.from_instance_decoder(model.instance_decoder, names, widths)
     else:
         head = NanoClassDecoder(names, widths=widths)
@@ -126,6 +178,10 @@ def train_class_head(cfg: ClassTrainConfig, log=print) -> dict[str, Any]:
     weights = torch.tensor((freq.sum() / np.maximum(freq, 1.0)) ** 0.5, dtype=torch.float32)
     weights = weights / weights.mean()
     train_pairs = [(rgb, cls) for rgb, _, cls in train]
+    class_pixels = _class_pixels(train_pairs, len(names)) if cfg.balanced > 0 else None
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, cfg.iterations)
+                                                                                   / cfg.iterations)))
+             if cfg.schedule == "cosine" else None)
     val_rng = np.random.default_rng(12345)
     val_batches = [_patches(val_rng, [(rgb, cls) for rgb, _, cls in val], cfg.batch_size, cfg.patch_size)
                    for _ in range(6)]
@@ -138,6 +194,10 @@ def train_class_head(cfg: ClassTrainConfig, log=print) -> dict[str, Any]:
             model.image_encoder.load_state_dict(state["encoder"])
         opt.load_state_dict(state["optimizer"])
         step, best, history = int(state["step"]), float(state["best"]), list(state["history"])
+        if sched is not None:
+            sched.last_epoch = step
+            for g, lr in zip(opt.param_groups, sched.get_lr()):
+                g["lr"] = lr
         log(f"resumed at step {step} (best val loss {best:.4f})")
 
     def run(images: np.ndarray, target: np.ndarray, train_mode: bool) -> torch.Tensor:
@@ -153,12 +213,14 @@ def train_class_head(cfg: ClassTrainConfig, log=print) -> dict[str, Any]:
     while step < cfg.iterations:
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, step]))
         head.train()
-        images, target = _patches(rng, train_pairs, cfg.batch_size, cfg.patch_size)
+        images, target = _patches(rng, train_pairs, cfg.batch_size, cfg.patch_size, cfg.balanced, class_pixels)
         loss = run(images, target, True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if sched is not None:
+            sched.step()
         step += 1
         if step % cfg.val_every == 0 or step == cfg.iterations:
             head.eval()
