@@ -66,9 +66,36 @@ def check_data_dirs(cfg: TrainConfig, source: str) -> None:
             raise ConfigError(f"{source}: config key 'data_dirs': {d} {what}")
 
 
+def _task(path: str) -> str:
+    """The config's ``task`` (``tissue`` trains a region model; anything else, or none, the instance model)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""  # load_config reports what is wrong with the file
+    return str(data.get("task", "")) if isinstance(data, dict) else ""
+
+
+def _run_tissue(args: argparse.Namespace) -> int:
+    """``task: tissue``: SAM-Path's class prompts (+ second encoder) on gland data (:mod:`histosam.train.tissue`)."""
+    import yaml
+
+    from histosam.train.tissue import tissue_config, train_tissue
+
+    cfg = tissue_config(yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig")))
+    if not Path(cfg.data_dir).is_dir():
+        raise ConfigError(f"{args.config}: data_dir {cfg.data_dir} is not a folder")
+    summary = train_tissue(cfg, log=lambda m: print(m, flush=True))
+    print(json.dumps(summary))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from histosam.train.loop import build_and_train
 
+    if _task(args.config) == "tissue":
+        return _run_tissue(args)
     cfg = load_config(args.config, overrides_from_args(args))
     check_data_dirs(cfg, args.config)
     summary = build_and_train(cfg, progress=not args.no_progress)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from histosam.errors import DataError
 
 __all__ = ["TissueTrainConfig", "GlandImage", "load_gland_images", "split_by_patient", "tissue_loss",
-           "gland_targets", "train_tissue"]
+           "gland_targets", "train_tissue", "tissue_config"]
 
 GRADE_CLASSES = ["background", "benign gland", "malignant gland"]
 GLAND_CLASSES = ["background", "gland"]
@@ -66,6 +66,32 @@ class TissueTrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     threads: int | None = None
+
+
+def tissue_config(data: dict[str, Any]) -> TissueTrainConfig:
+    """A :class:`TissueTrainConfig` from a YAML mapping (``task: tissue`` and any of its fields); unknown keys and
+    values of the wrong type are a one-line ``ConfigError``."""
+    import dataclasses
+
+    from histosam.train.config import ConfigError
+
+    data = {k: v for k, v in data.items() if k != "task"}
+    fields = {f.name: f for f in dataclasses.fields(TissueTrainConfig)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown tissue training key(s) {unknown}; known: {sorted(fields)}")
+    kinds = {"str": str, "float": (int, float), "int": int, "bool": bool}
+    for key, value in data.items():
+        hint = str(fields[key].type)
+        if value is None and "None" in hint:
+            continue
+        want = kinds[hint.split(" |")[0]]
+        if isinstance(value, bool) and want is not bool or not isinstance(value, want):
+            raise ConfigError(f"tissue training key {key!r} must be {hint}, got {value!r}")
+    cfg = TissueTrainConfig(**data)
+    if cfg.encoder not in ("frozen", "finetuned") or cfg.classes not in ("grade", "gland"):
+        raise ConfigError("encoder must be frozen|finetuned and classes grade|gland")
+    return cfg
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""`histosam train` with `task: tissue`: the YAML maps onto TissueTrainConfig; bad keys are one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from histosam.train.config import ConfigError
+from histosam.train.tissue import split_by_patient, tissue_config
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "histosam-tissue.yaml"
+
+
+def test_shipped_config_parses():
+    import yaml
+
+    cfg = tissue_config(yaml.safe_load(CONFIG.read_text()))
+    assert cfg.second_encoder and cfg.encoder == "finetuned" and cfg.mpp == 1.24 and cfg.alpha == 0.125
+
+
+@pytest.mark.parametrize("data, match", [({"task": "tissue", "colour": 1}, "unknown"),
+                                         ({"lr": "fast"}, "lr"), ({"encoder": "thawed"}, "frozen"),
+                                         ({"second_encoder": 1}, "second_encoder")])
+def test_bad_keys(data, match):
+    with pytest.raises(ConfigError, match=match):
+        tissue_config(data)
+
+
+def test_cli_reports_a_missing_data_folder(tmp_path, capsys):
+    from histosam.cli.main import main
+
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(f"task: tissue\ndata_dir: {tmp_path / 'nope'}\noutput_dir: {tmp_path / 'out'}\n")
+    assert main(["train", str(cfg)]) != 0
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_split_holds_out_whole_patients():
+    import numpy as np
+
+    from histosam.train.tissue import GlandImage
+
+    z = np.zeros((2, 2, 3), np.uint8)
+    images = [GlandImage(f"i{k}", z, z[..., 0].astype(np.int32), "benign" if k % 2 else "malignant", f"p{k // 3}")
+              for k in range(12)]
+    train, val = split_by_patient(images, 0.25, seed=0)
+    assert set(train).isdisjoint(val) and len(train) + len(val) == 12
+    patient = {im.name: im.patient for im in images}
+    assert {patient[n] for n in val}.isdisjoint({patient[n] for n in train})
+    grades = {im.name: im.grade for im in images}
+    assert {grades[n] for n in val} == {"benign", "malignant"}
