@@ -22,10 +22,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--full-precision", action="store_true", help="store float32 (evaluation copies)")
+    ap.add_argument("--from-state", action="store_true", help="CHECKPOINT is a training state (latest.pt)")
     args = ap.parse_args()
-    model = load_model(args.checkpoint, device="cpu")
+    if args.from_state:
+        from histosam.train.tissue import model_from_state
+
+        model = model_from_state(args.checkpoint)
+    else:
+        model = load_model(args.checkpoint, device="cpu")
     model.config.name = "histosam-tissue"
-    save_histosam(model, args.out, storage_dtype=torch.float16)
+    save_histosam(model, args.out, storage_dtype=None if args.full_precision else torch.float16)
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, sha256:{file_hash(args.out, 'sha256')}")
 
 

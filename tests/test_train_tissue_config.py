@@ -48,3 +48,38 @@ def test_split_holds_out_whole_patients():
     assert {patient[n] for n in val}.isdisjoint({patient[n] for n in train})
     grades = {im.name: im.grade for im in images}
     assert {grades[n] for n in val} == {"benign", "malignant"}
+
+
+def _gland_folder(root):
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    root.mkdir()
+    (root / "grade.csv").write_text("name,patient_id,grade_glas\ng0,1,benign\ng1,2,malignant\ng2,3,benign\n")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        img = np.full((80, 80, 3), 225, np.uint8)
+        lab = np.zeros((80, 80), np.uint16)
+        lab[10:40, 10:40] = 1
+        lab[45:75, 30:70] = 2
+        img[lab > 0] = (120, 60, 140)
+        img = np.clip(img + rng.integers(-10, 10, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / f"g{k}.png")
+        tifffile.imwrite(root / f"g{k}_label.tif", lab)
+    return root
+
+
+def test_training_runs_and_resumes(tmp_path):
+    from histosam.train.tissue import TissueTrainConfig, model_from_state, train_tissue
+
+    data = _gland_folder(tmp_path / "glands")
+    cfg = TissueTrainConfig(data_dir=str(data), output_dir=str(tmp_path / "run"), init="scratch", frame=64,
+                            batch_size=2, iterations=2, val_every=1, data_mpp=1.0, mpp=1.0, val_fraction=0.3)
+    first = train_tissue(cfg, log=lambda m: None)
+    assert first["step"] == 2 and (tmp_path / "run" / "best.pt").is_file()
+    logs = []
+    again = train_tissue(cfg, log=logs.append)  # nothing left to do: resumes at step 2 and stops
+    assert again["step"] == 2 and any("resumed at step 2" in m for m in logs)
+    model = model_from_state(tmp_path / "run" / "latest.pt")
+    assert model.tissue_decoder is not None and model.config.mpp == 1.0

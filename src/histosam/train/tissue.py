@@ -271,6 +271,35 @@ def _build(cfg: TissueTrainConfig, names: list[str]):
     return model
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """A tissue training state (``weights_only``: tensors and plain values, never code). States written before
+    they carried histosam's train-state header (session 8's first runs) are read when they hold the keys."""
+    from histosam.errors import CheckpointError
+    from histosam.train.checkpoint import load_train_state
+
+    try:
+        return load_train_state(path)
+    except CheckpointError:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - report load_train_state's one-line reason
+            obj = None
+        if isinstance(obj, dict) and "format" not in obj and {"model", "optimizer", "step", "config"} <= set(obj):
+            return obj
+        raise
+
+
+def model_from_state(path: str | Path):
+    """The region model of a training state (``latest.pt`` or a copy of it), rebuilt from its config."""
+    from dataclasses import replace
+
+    state = _read_state(Path(path))
+    cfg = replace(TissueTrainConfig(**state["config"]), init="scratch")
+    model = _build(cfg, GRADE_CLASSES if cfg.classes == "grade" else GLAND_CLASSES)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def validate(model, images: list[GlandImage], names: list[str]) -> dict[str, float]:
     """Gland pixel Dice (mean per image) and, with graded classes, the share of images whose gland pixels vote
     for the right grade."""
@@ -299,7 +328,7 @@ def _train_mode(model, cfg: TissueTrainConfig) -> None:
 def train_tissue(cfg: TissueTrainConfig, log=print) -> dict[str, Any]:
     """Train (or resume) a region model; see the module docstring. Returns a summary."""
     from histosam.registry.formats import save_histosam
-    from histosam.train.checkpoint import load_train_state, save_train_state
+    from histosam.train.checkpoint import TRAIN_STATE_FORMAT, TRAIN_STATE_VERSION, save_train_state
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -323,7 +352,7 @@ def train_tissue(cfg: TissueTrainConfig, log=print) -> dict[str, Any]:
     step, best = 0, -1.0
     latest = out / "latest.pt"
     if latest.is_file():
-        state = load_train_state(latest)
+        state = _read_state(latest)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -355,9 +384,10 @@ def train_tissue(cfg: TissueTrainConfig, log=print) -> dict[str, Any]:
             if metrics["gland_dice"] > best:
                 best = metrics["gland_dice"]
                 save_histosam(model, out / "best.pt", extra={"train": asdict(cfg), "step": step, **metrics})
-            save_train_state(latest, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "step": step, "best": best,
-                                      "config": asdict(cfg)})
+            save_train_state(latest, {"format": TRAIN_STATE_FORMAT, "version": TRAIN_STATE_VERSION,
+                                      "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "scheduler": sched.state_dict(), "epoch": 0, "step": step, "best": best,
+                                      "torch_rng": torch.get_rng_state(), "config": asdict(cfg)})
         logf.write(json.dumps(rec) + "\n")
         logf.flush()
         if step % 10 == 0 or "gland_dice" in rec:
