@@ -102,6 +102,16 @@ def tissue_scores(model, rgb: np.ndarray, tile: int | None = None, halo: int | N
     return out
 
 
+def region_params(model, min_area_um2: float | None = None) -> dict:
+    """Keyword arguments of :func:`~histosam.postprocess.regions.region_instances` that travel with the model
+    (``config.tissue["postprocess"]``: ``contour_threshold``, ``seed_erosion_um``, ``min_area_um2``), with
+    ``min_area_um2`` overridden when given."""
+    params = dict((model.config.tissue or {}).get("postprocess") or {})
+    if min_area_um2 is not None:
+        params["min_area_um2"] = float(min_area_um2)
+    return params
+
+
 @dataclass
 class TissueResult:
     """A segmented image at the **input** resolution.
@@ -145,7 +155,7 @@ def segment_tissue(image: np.ndarray, model=None, mpp: float | None = None, tile
         raise ParameterError(f"expected uint8 RGB, got {rgb.dtype}")
     small = resample_rgb(rgb, mpp / working)
     scores = tissue_scores(model, small, tile, halo)
-    class_map, instances, inst_cls = region_instances(scores, working, min_area_um2=min_area_um2)
+    class_map, instances, inst_cls = region_instances(scores, working, **region_params(model, min_area_um2))
     class_map = resample_labels(class_map, rgb.shape[:2])
     instances = resample_labels(instances, rgb.shape[:2])
     return TissueResult(class_map.astype(np.uint8), instances.astype(np.int32), names, mpp, working,

@@ -58,7 +58,7 @@ def segment_tissue_slide(path: str | os.PathLike, out_dir: str | os.PathLike, mo
     from histosam.measure.regions import class_areas, merge_cut_regions, region_features, regions_from_labels
     from histosam.postprocess.regions import region_instances
     from histosam.registry.loader import describe, load_model
-    from histosam.tasks.tissue import tissue_classes, tissue_scores, tissue_tiling
+    from histosam.tasks.tissue import region_params, tissue_classes, tissue_scores, tissue_tiling
     from histosam.wsi.reader import open_slide
     from histosam.wsi.tissue import detect_tissue
 
@@ -80,7 +80,7 @@ def segment_tissue_slide(path: str | os.PathLike, out_dir: str | os.PathLike, mo
         wk, hk = max(1, math.ceil(w0 / s)), max(1, math.ceil(h0 / s))
         mask = detect_tissue(slide)
         settings = {"chunk": chunk, "tile": tile, "halo": halo, "mpp": slide.mpp, "working_mpp": working,
-                    "min_area_um2": min_area_um2, "tissue_threshold": tissue_threshold}
+                    "tissue_threshold": tissue_threshold, **region_params(model, min_area_um2)}
         key = _fingerprint(model, settings)
         store = out / f".{stem}_tissue_chunks"
         store.mkdir(exist_ok=True)
@@ -108,7 +108,7 @@ def segment_tissue_slide(path: str | os.PathLike, out_dir: str | os.PathLike, mo
                 y1, x1 = min(hk, r0 + h + halo), min(wk, c0 + w + halo)
                 rgb = slide.read_at_mpp(x0, y0, x1 - x0, y1 - y0, working)
                 scores = tissue_scores(model, rgb, tile, halo, region=(r0 - y0, c0 - x0, r0 - y0 + h, c0 - x0 + w))
-                cmap, inst, cls = region_instances(scores, working, min_area_um2=min_area_um2)
+                cmap, inst, cls = region_instances(scores, working, **region_params(model, min_area_um2))
                 raster[r0:r0 + h, c0:c0 + w] = cmap
                 raster.flush()
                 found = regions_from_labels(inst, cls, offset=(r0, c0), scale=s, chunk=n,
