@@ -34,3 +34,30 @@ def nano():
     from histosam.napari._models import get_model
 
     return get_model(None, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_tissue_path(tmp_path_factory):
+    """A tiny random region model (tissue head, 64 px frame, 4 µm/px working resolution: a few regions on the
+    crop) saved as a histosam checkpoint, so the widgets load it by path like any model."""
+    import torch
+
+    from histosam.models.build import build_model
+    from histosam.models.heads import SECOND_ENCODER_DEFAULT
+    from histosam.registry.formats import save_histosam
+
+    torch.manual_seed(0)
+    spec = {"classes": ["background", "gland"], "colors": [[0, 0, 0], [0, 160, 80]], "tokens": 2, "mlp_dim": 64,
+            "depth": 1, "second_encoder": dict(SECOND_ENCODER_DEFAULT)}
+    model = build_model("nano", instance_decoder=None, image_size=64, tissue=spec).eval()
+    model.config.mpp = 4.0
+    path = tmp_path_factory.mktemp("tissue") / "tiny_tissue.pt"
+    save_histosam(model, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tissue(tiny_tissue_path):
+    from histosam.napari._models import get_model
+
+    return get_model(tiny_tissue_path, "cpu")

@@ -161,3 +161,67 @@ def test_slide_levels_lazy(tmp_path):
                                   render_region(1000, 100, 100, 80, default_patches(1100, 900)))
     low = np.asarray(levels[2][10:20, 30:40])
     assert low.shape == (10, 10, 3) and low.dtype == np.uint8
+
+
+def test_region_model_gives_tissue_regions(tiny_tissue, crop, mpp):
+    from histosam.napari._automatic import RegionResult, is_region_model, run_automatic
+    from histosam.tasks.tissue import segment_tissue
+
+    assert is_region_model(tiny_tissue)
+    res = run_automatic(crop, tiny_tissue, mpp=mpp, origin=(200, 300))  # mode / typed do not apply
+    ref = segment_tissue(crop, tiny_tissue, mpp=mpp)
+    assert isinstance(res, RegionResult) and res.origin == (200, 300)
+    np.testing.assert_array_equal(res.instances, ref.instances)
+    np.testing.assert_array_equal(res.class_map, ref.class_map)
+    assert res.instance_classes == ref.instance_classes and len(res.instance_classes) >= 2
+    assert res.class_names == ("background", "gland") and res.colors == [[0, 0, 0], [0, 160, 80]]
+    assert res.counts() == {"gland": len(ref.instance_classes)}
+    assert sorted(res.polygons) == sorted(ref.instance_classes)
+    for i, geom in res.polygons.items():  # outlines of the instances, in the region's pixels (x = column)
+        rows, cols = np.nonzero(ref.instances == i)
+        assert geom.is_valid and geom.area == pytest.approx(len(rows), rel=0.1)
+        assert geom.bounds == pytest.approx((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1), abs=0.51)
+    # nuclei models are not region models
+    from histosam.napari._models import get_model
+
+    assert not is_region_model(get_model(None, "cpu"))
+
+
+def test_writer_regions_as_annotations(tmp_path):
+    import shapely.geometry
+
+    from histosam.napari._writer import UNCLASSIFIED_REGION, write_labels
+
+    labels = np.zeros((40, 50), np.int32)
+    labels[5:15, 5:12] = 1
+    labels[20:30, 30:45] = 2
+    labels[32:38, 2:8] = 3  # painted by hand: no class
+    meta = {"translate": (100.0, 200.0), "metadata": {
+        "mpp": 0.5, "histosam_tissue_classes": ["background", "benign", "malignant"],
+        "histosam_classes": {1: "benign", 2: "malignant"},
+        "histosam_class_colors": {"background": [0, 0, 0], "benign": [0, 160, 80], "malignant": [200, 40, 40]}}}
+    paths = write_labels(str(tmp_path / "regions.geojson"), labels, meta)
+    assert paths[0].endswith("regions.geojson") and paths[1].endswith("regions_regions.csv")
+    feats = json.loads((tmp_path / "regions.geojson").read_text())["features"]
+    assert len(feats) == 3
+    assert [f["properties"]["objectType"] for f in feats] == ["annotation"] * 3
+    assert [f["properties"]["classification"] for f in feats] == [
+        {"name": "benign", "color": [0, 160, 80]}, {"name": "malignant", "color": [200, 40, 40]},
+        {"name": UNCLASSIFIED_REGION, "color": [128, 128, 128]}]
+    shapes = [shapely.geometry.shape(f["geometry"]) for f in feats]
+    assert all(s.is_valid and s.geom_type == "Polygon" for s in shapes)
+    assert shapes[0].bounds == pytest.approx((205, 105, 212, 115), abs=0.51)  # x, y shifted by the translate
+    assert feats[1]["properties"]["measurements"]["Area µm^2"] == pytest.approx(150 * 0.25, rel=0.05)
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "regions_regions.csv")
+    assert list(table["class"]) == ["benign", "malignant", UNCLASSIFIED_REGION]
+
+
+def test_model_choices_list_the_registry():
+    from histosam.napari._models import DEFAULT_CHOICE, model_choices
+    from histosam.registry.entries import DEFAULT_MODEL, REGISTRY
+
+    choices = model_choices()
+    assert choices[0] == DEFAULT_CHOICE
+    assert set(choices[1:]) == set(REGISTRY) - {DEFAULT_MODEL}  # histosam-tissue too, once it is registered

@@ -222,6 +222,56 @@ def test_typed_nuclei(make_napari_viewer, qtbot, crop, mpp):
                                atol=0.01)
 
 
+def test_region_model_tissue_regions(make_napari_viewer, qtbot, crop, mpp, tiny_tissue_path, tmp_path):
+    """A region model in the automatic widget: region instances, the coloured class map and the outlines, equal to
+    segment_tissue on the same pixels; the region layer saves as QuPath annotations with classes."""
+    import json
+
+    import shapely.geometry
+
+    from histosam.napari._models import get_model
+    from histosam.tasks.tissue import segment_tissue
+
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="he", rgb=True, metadata={"mpp": mpp}, translate=(200, 300))
+    widget = AutomaticWidget(viewer)
+    widget.model_picker.set_choice(tiny_tissue_path)
+    widget.device.setCurrentText("cpu")
+    wait(qtbot, widget.run())
+    ref = segment_tissue(crop, get_model(tiny_tissue_path, "cpu"), mpp=mpp)
+    regions = viewer.layers["he regions"]
+    np.testing.assert_array_equal(regions.data, ref.instances)
+    np.testing.assert_array_equal(regions.translate, [200, 300])
+    assert regions.metadata["histosam_classes"] == ref.instance_classes and len(ref.instance_classes) >= 2
+    assert regions.metadata["histosam_tissue_classes"] == ["background", "gland"]
+    classes = viewer.layers["he tissue classes"]
+    np.testing.assert_array_equal(classes.data, ref.class_map)
+    np.testing.assert_allclose(classes.colormap.map(np.array([1]))[0][:3], np.array([0, 160, 80]) / 255, atol=0.01)
+    assert classes.colormap.map(np.array([0]))[0][3] == 0  # background transparent
+    outlines = viewer.layers["he region outlines"]
+    assert sorted(set(outlines.features["id"])) == sorted(ref.instance_classes)
+    assert list(outlines.features["class"]) == [ref.instance_classes[i] for i in outlines.features["id"]]
+    assert all(t == "polygon" for t in outlines.shape_type)
+    # each outline lies on its region (napari pixel centres at integer data coordinates)
+    for poly, i in zip(outlines.data, outlines.features["id"]):
+        rows, cols = np.nonzero(ref.instances == i)
+        assert poly[:, 0].min() == pytest.approx(rows.min() - 0.5, abs=0.51)
+        assert poly[:, 1].max() == pytest.approx(cols.max() + 0.5, abs=0.51)
+    assert f"{len(ref.instance_classes)} tissue regions: {len(ref.instance_classes)} gland" in widget.status.text()
+    # saved through napari: QuPath annotations with the model's classes, in the image's pixels
+    out = tmp_path / "regions.geojson"
+    assert str(out) in regions.save(str(out), plugin="histosam")
+    feats = json.loads(out.read_text())["features"]
+    assert len(feats) == len(ref.instance_classes)
+    for f in feats:
+        assert f["properties"]["objectType"] == "annotation"
+        assert f["properties"]["classification"] == {"name": "gland", "color": [0, 160, 80]}
+        g = shapely.geometry.shape(f["geometry"])
+        assert g.is_valid and g.geom_type in ("Polygon", "MultiPolygon")
+        assert 300 <= g.bounds[0] and g.bounds[2] <= 300 + crop.shape[1] and 200 <= g.bounds[1]
+    assert (tmp_path / "regions_regions.csv").exists()
+
+
 def test_annotator_commit_with_class(make_napari_viewer, qtbot, crop, mpp):
     viewer = make_napari_viewer()
     widget = annotator(viewer, crop, mpp)

@@ -3,7 +3,10 @@
 AIS (or AMG) on the whole image, the visible field, or the last shape of the *histosam ROI* layer, at the model's
 working resolution (``mpp``: the image layer's ``metadata["mpp"]``, else the field). The run happens in a worker
 thread. Results: a Labels layer of the nuclei (placed at the region's offset); with a class head, a Labels layer of
-the classes coloured by class and a Points layer of nucleus centroids with their class.
+the classes coloured by class and a Points layer of nucleus centroids with their class. With a region model (a
+tissue head, e.g. histosam-tissue): tissue regions instead (:func:`histosam.tasks.tissue.segment_tissue`): a
+Labels layer of the region instances (written as QuPath annotations), a Labels layer of the class map coloured
+with the model's class colours, and a Shapes layer of the region outlines with ``id`` and ``class`` features.
 """
 
 from __future__ import annotations
@@ -224,16 +227,22 @@ class AutomaticWidget(QWidget):
         self.progress.setRange(0, 1)
 
     def _on_result(self, out: tuple, image_layer: Any, choice: str) -> None:
-        from histosam.napari._automatic import default_params
+        from histosam.napari._automatic import RegionResult, default_params
 
         if getattr(self, "_cancelled", None) is self.worker and self.worker is not None:
             self.status.setText("cancelled")
             return
         model, result = out
+        self.last_result = result
+        if isinstance(result, RegionResult):
+            self.add_region_layers(result, image_layer)
+            n = int(len(result.instance_classes))
+            counts = ", ".join(f"{k} {c}" for c, k in result.counts().items())
+            self.status.setText(f"{n} tissue regions" + (f": {counts}" if counts else ""))
+            return
         if self._defaults_of != choice and self.mode.currentText() == "ais":
             self.set_params(default_params(model))
             self._defaults_of = choice
-        self.last_result = result
         self.add_result_layers(result, image_layer)
         n = int(result.labels.max(initial=0))
         counts = ""
@@ -242,15 +251,57 @@ class AutomaticWidget(QWidget):
             counts = ": " + ", ".join(f"{names.count(c)} {c}" for c in result.class_names[1:])
         self.status.setText(f"{n} nuclei{counts}")
 
+    @staticmethod
+    def _placement(result: Any, image_layer: Any) -> tuple[np.ndarray, np.ndarray, dict]:
+        scale = np.asarray(image_layer.scale)[-2:]
+        translate = np.asarray(image_layer.translate)[-2:] + np.asarray(result.origin) * scale
+        meta = {"mpp": (image_layer.metadata or {}).get("mpp"), "histosam_region": f"{result.origin[1]},"
+                f"{result.origin[0]}"}
+        return scale, translate, meta
+
+    def add_region_layers(self, result: Any, image_layer: Any) -> list:
+        """Tissue regions (a region model's :class:`~histosam.napari._automatic.RegionResult`): region instances
+        (Labels; their metadata makes the writer write QuPath annotations), the class map coloured with the
+        model's class colours (Labels) and the outlines (Shapes, ``id`` and ``class`` features)."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        scale, translate, meta = self._placement(result, image_layer)
+        base = image_layer.name
+        colors = dict(zip(result.class_names, result.colors))
+        regions = self.viewer.add_labels(
+            result.instances, name=f"{base} regions", scale=scale, translate=translate, opacity=0.5,
+            metadata=dict(meta, histosam_classes=dict(result.instance_classes), histosam_class_colors=colors,
+                          histosam_tissue_classes=list(result.class_names)))
+        cmap = {k: np.array([*result.colors[k], 255]) / 255.0 for k in range(1, len(result.class_names))}
+        cmap[None] = np.zeros(4)
+        cmap[0] = np.zeros(4)
+        classes = self.viewer.add_labels(result.class_map, name=f"{base} tissue classes", scale=scale,
+                                         translate=translate, opacity=0.4,
+                                         colormap=DirectLabelColormap(color_dict=cmap),
+                                         metadata=dict(meta, class_names=list(result.class_names)))
+        polys, ids, names = [], [], []
+        for i, geom in result.polygons.items():
+            for part in getattr(geom, "geoms", [geom]):  # a MultiPolygon: one shape per part (holes not drawn)
+                xy = np.asarray(part.exterior.coords)[:-1]
+                # histosam's outline convention (pixel (r, c) = [c, c+1) × [r, r+1)) → napari's (pixel centres at
+                # integer coordinates): half a pixel up and left; (x, y) → (row, col)
+                polys.append(xy[:, ::-1] - 0.5)
+                ids.append(int(i))
+                names.append(result.instance_classes.get(int(i), ""))
+        edge = [np.array([*colors.get(n, (255, 255, 255)), 255]) / 255.0 for n in names]
+        outlines = self.viewer.add_shapes(
+            polys, shape_type="polygon", name=f"{base} region outlines", scale=scale, translate=translate,
+            features={"id": np.asarray(ids, int), "class": np.asarray(names, dtype=object)},
+            edge_color=np.array(edge) if edge else "white", face_color="transparent", edge_width=2,
+            metadata=dict(meta), ndim=2)
+        return [regions, classes, outlines]
+
     def add_result_layers(self, result: Any, image_layer: Any) -> list:
         """Labels (+ class labels and centroid points when typed) for ``result``, over the image layer."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        scale = np.asarray(image_layer.scale)[-2:]
-        translate = np.asarray(image_layer.translate)[-2:] + np.asarray(result.origin) * scale
+        scale, translate, meta = self._placement(result, image_layer)
         base = image_layer.name
-        meta = {"mpp": (image_layer.metadata or {}).get("mpp"), "histosam_region": f"{result.origin[1]},"
-                f"{result.origin[0]}"}
         layers = []
         labels = self.viewer.add_labels(result.labels, name=f"{base} nuclei", scale=scale, translate=translate,
                                         opacity=0.5, metadata=dict(meta))
