@@ -222,3 +222,12 @@ def test_cli_slide_prints_class_summary(tmp_path):
     assert prov2["class_counts"] is None and prov2["objects"] == prov["objects"] and "by class" not in r.stderr
     r = run(tmp_path / "o3", "--classes", model=("--fake-model",))
     assert r.returncode != 0 and "class head" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_class_channels_do_not_shrink_the_tile_cache(slide, tmp_path):
+    """The tile cache holds as many tiles with a class head's channels as without: no tile is predicted twice more
+    often (a small cache, so that tiles are evicted at all)."""
+    plain = segment_slide(slide, tmp_path / "p", colour_threshold_maps, cache_mb=3, **OPTS)
+    typed = segment_slide(slide, tmp_path / "t", DensityClasses(), cache_mb=3, **OPTS)
+    assert typed["objects"] == plain["objects"]
+    assert typed["tiles_predicted_this_run"] == plain["tiles_predicted_this_run"]

@@ -159,8 +159,10 @@ def process_chunks(
     """Yield ``(index, records)`` for the given chunks (in the given order), sharing one tile cache.
 
     ``records`` come from :func:`chunk_records`. Only these chunks' maps are predicted; tiles are read
-    ``prefetch`` ahead by a background thread. ``stats`` (a dict, updated in place) receives
-    ``tiles_predicted`` and ``tiles_skipped``.
+    ``prefetch`` ahead by a background thread. ``cache_mb`` budgets the 3 AIS maps of the cached tiles; with a class
+    head's K more channels it grows by ``(3 + K) / 3``, so as many tiles stay cached (and none is predicted twice)
+    as without classes (CMU-1-Small-Region, 256 MB: 25 tiles predicted for 22 before this). ``stats`` (a dict,
+    updated in place) receives ``tiles_predicted`` and ``tiles_skipped``.
     """
     stats = {} if stats is None else stats
     fetcher = None
@@ -183,7 +185,7 @@ def process_chunks(
             fetcher = Prefetcher(read_region, keys, ahead=prefetch)
             read_region = fetcher
         assembler = MapAssembler(grid, read_region, predict_maps, batch_size=plan.batch_size,
-                                 tile_filter=tile_filter, schedule=schedule, cache_mb=cache_mb,
+                                 tile_filter=tile_filter, schedule=schedule, cache_mb=cache_mb * plan.channels / 3,
                                  channels=plan.channels)
         pool = ThreadPoolExecutor(1, thread_name_prefix="histosam-post")
         pending: deque = deque()
