@@ -17,6 +17,8 @@ import numpy as np
 from histosam.cli.options import add_model_options, add_mpp_option
 
 TASKS = ("ais", "amg", "point", "box", "iterative", "clicks", "baseline", "classes", "tissue")
+#: prompted regions with/without WSI-SAM context (histosam.evaluation.regions_prompted)
+REGION_TASKS = ("region-boxes", "region-points", "region-clicks", "region-prompts")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="folder with <id>.png + <id>_label.tif")
     add_model_options(p, model_help="not used by --task baseline")
     add_mpp_option(p, "the images (default: the model's resolution; histosam-nano: 0.25)")
-    p.add_argument("--task", choices=TASKS, default="ais")
+    p.add_argument("--task", choices=TASKS + REGION_TASKS, default="ais")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of images in the val split")
     p.add_argument("--seed", type=int, default=42, help="seed of the split and of prompt sampling")
     p.add_argument("--split", choices=("val", "train", "all"), default="all")
@@ -46,6 +48,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-clicks", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32,
                    help="objects per predict call (0 = all at once; use 1 for per-click latency as SPC)")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
+                   help="region tasks: another model decoded without context (e.g. the same-budget baseline); "
+                   "repeatable")
+    p.add_argument("--box-noise", type=float, default=0.1, help="region tasks: box noise (HQ-SAM's scale)")
+    p.add_argument("--max-regions", type=int, default=None, help="region tasks: first N regions per image")
     p.set_defaults(func=run)
     return p
 
@@ -119,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from histosam.evaluation.datasets import load_sample
 
     samples = _select(args)
+    if args.task in REGION_TASKS:
+        return _region_prompts(args, samples)
     out = args.out or Path(f"evaluation-{args.task}")
     out.mkdir(parents=True, exist_ok=True)
     model = predictor = None
@@ -177,6 +186,41 @@ def run(args: argparse.Namespace) -> int:
     shown += [c for c in mean if c.startswith("pooled ") or c == "mPQ"]
     print(" ".join(f"{c}={mean[c]:.4f}" for c in shown))
     print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def _region_prompts(args, samples) -> int:
+    """Prompted regions with and without context (:mod:`histosam.evaluation.regions_prompted`): Dice per region
+    for noisy boxes / 1, 3, 5, 10 points, NoC@85/90; images at ``--mpp`` resampled to the model's resolution."""
+    import histosam
+    from histosam.evaluation.datasets import load_sample
+    from histosam.evaluation.regions_prompted import RegionPromptConfig, Setting, evaluate_regions, write_report
+    from histosam.tasks.nuclei import resample_labels, resample_rgb
+
+    model = _load_model(args)
+    settings = ([Setting("context", model, True)] if model.context_decoder is not None else [])
+    settings.append(Setting("no-context", model, False))
+    for spec in args.compare:
+        name, _, path = spec.partition("=")
+        other = histosam.load_model(path or name, device=args.device, allow_pickle=args.allow_pickle)
+        settings.append(Setting(name if path else Path(name).stem, other, False))
+    cfg = RegionPromptConfig(box_noise=args.box_noise, boxes=args.task in ("region-boxes", "region-prompts"),
+                             points=(1, 3, 5, 10) if args.task in ("region-points", "region-prompts") else (),
+                             clicks=args.task in ("region-clicks", "region-prompts"), max_clicks=args.max_clicks,
+                             seed=args.seed, max_regions=args.max_regions)
+    images = []
+    for s in samples:
+        image, gt, _ = load_sample(s)
+        f = (args.mpp / model.config.mpp) if (args.mpp and model.config.mpp) else 1.0
+        if abs(f - 1) > 1e-6:
+            image = resample_rgb(image, f)
+            gt = resample_labels(gt, image.shape[:2])
+        images.append((s.id, image, np.asarray(gt).astype(np.int32)))
+    result = evaluate_regions(settings, images, cfg, log=lambda m: print(m, file=sys.stderr))
+    out = args.out or Path(f"evaluation-{args.task}")
+    report = write_report(result, out, "histosam " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print(report.read_text())
+    print(f"wrote {report}")
     return 0
 
 

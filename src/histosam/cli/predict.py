@@ -84,6 +84,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="predict three candidates and keep the best (helps with a single ambiguous point)")
     add_mpp_option(p, "IMAGE: resampled to the model's resolution where the model states one (default: what a TIFF "
                    "states in its OME-XML or resolution tags, else none); prompts and mask stay in IMAGE's pixels")
+    p.add_argument("--context", action=argparse.BooleanOptionalAction, default=None,
+                   help="WSI-SAM multi-resolution context (a model with a context head): the HR frame around the "
+                   "prompts plus a 4x wider LR field from IMAGE (padded beyond it); default: on when the model has "
+                   "a context head and neither --mask-input nor --multimask is given")
     p.set_defaults(func=run)
     return p
 
@@ -172,6 +176,14 @@ def run(args: argparse.Namespace) -> int:
               f"{working_mpp} µm/px", file=sys.stderr)
     elif mpp_source == "file":
         print(f"{args.image}: pixel size {mpp:g} µm/px from the file", file=sys.stderr)
+    wants = getattr(args, "context", None)
+    if wants and model.context_decoder is None:
+        raise HistosamError(f"model {model.config.name!r} has no context head (--context needs one; see "
+                            "scripts/train_context.py)")
+    if wants and (earlier is not None or args.multimask):
+        raise HistosamError("--context does not take --mask-input or --multimask; pass --no-context")
+    if wants or (wants is None and model.context_decoder is not None and earlier is None and not args.multimask):
+        return _run_with_context(args, model, image, mpp, mpp_source, out)
     predictor = Predictor(model, device=args.device, precision=args.precision)
     predictor.set_image(image, mpp=mpp)
     points = np.array([p[:2] for p in args.point], dtype=np.float32) if args.point else None
@@ -213,4 +225,36 @@ def run(args: argparse.Namespace) -> int:
     with atomic_write(json_path) as f:
         json.dump(report, f, indent=2)
     print(f"{out}: {report['area_px']} px, predicted IoU {report['best_score']:.3f} (scores in {json_path})")
+    return 0
+
+
+def _run_with_context(args, model, image: np.ndarray, mpp, mpp_source: str, out: Path) -> int:
+    """``histosam predict`` through :class:`~histosam.inference.context.ContextPredictor` (WSI-SAM context)."""
+    from histosam.inference.context import ContextPredictor
+    from histosam.io.atomic import atomic_write
+
+    predictor = ContextPredictor(model, device=args.device)
+    predictor.set_image(image, mpp=mpp)
+    points = np.array([p[:2] for p in args.point], dtype=np.float32) if args.point else None
+    labels = np.array([p[2] for p in args.point], dtype=np.int64) if args.point else None
+    box = np.array(args.box, dtype=np.float32) if args.box is not None else None
+    pred = predictor.predict(points=points, labels=labels, box=box)
+    mask = pred.mask
+    write_mask(out, mask)
+    rows, cols = np.nonzero(mask)
+    report: dict[str, Any] = {
+        "image": str(Path(args.image)), "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
+        "output": str(out), "model": model.config.name, "architecture": model.config.architecture,
+        "mpp": mpp, "mpp_source": mpp_source, "context": True,
+        "hr_frame_origin_working_px": list(pred.hr_origin), "lr_scale": predictor.geometry.scale,
+        "prompts": {"points": [[x, y] for x, y, _ in args.point], "labels": [lab for *_, lab in args.point],
+                    "box": list(args.box) if args.box is not None else None},
+        "scores": [pred.score], "best": 0, "best_score": pred.score, "area_px": int(mask.sum()),
+        "bbox_xyxy": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size
+        else None,
+    }
+    json_path = out.with_suffix(".json")
+    with atomic_write(json_path) as f:
+        json.dump(report, f, indent=2)
+    print(f"{out}: {report['area_px']} px with context, predicted IoU {pred.score:.3f} (scores in {json_path})")
     return 0

@@ -25,7 +25,7 @@ from torch import nn
 from histosam.errors import ParameterError
 
 __all__ = ["HeadContract", "ROLES", "INPUTS", "MASKS_CONTRACT", "sam_prompt_heads", "instance_head", "tissue_head",
-           "contract_of"]
+           "contract_of", "context_head"]
 
 #: head roles a model may carry (the encoder is not a head)
 ROLES = ("masks", "instances", "classes", "tissue", "context", "refine")
@@ -148,3 +148,12 @@ def tissue_head(spec: dict, image_size: int, embedding_side: int) -> nn.Module:
     return ClassPromptHead(classes, image_size, embedding_side, tokens=int(spec.get("tokens", 4)),
                            mlp_dim=int(spec.get("mlp_dim", 512)), depth=int(spec.get("depth", 2)),
                            second_encoder=second, second_dim=second_dim)
+
+
+def context_head(spec: dict) -> nn.Module:
+    """WSI-SAM's multi-resolution head (:class:`~histosam.models.context_head.ContextHead`) from its spec
+    (``ModelConfig.context``): ``early_channels`` (the encoder skips' widths; ``[]`` for the ViTs) and ``scale``
+    (LR field / HR field)."""
+    from histosam.models.context_head import ContextHead
+
+    return ContextHead(256, tuple(spec.get("early_channels") or ()), scale=int(spec.get("scale", 4)))

@@ -65,6 +65,7 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=list)
     class_colors: list[list[int]] = field(default_factory=list)
     tissue: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)  #: WSI-SAM's context head spec (empty: none)
     postprocess: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     mask_decoder: str = "sam"
@@ -90,6 +91,7 @@ class SegmentAnything(nn.Module):
         super().__init__()
         self.class_decoder = class_decoder
         self.tissue_decoder = tissue_decoder
+        self.context_decoder: nn.Module | None = None  # WSI-SAM's context head (models/context_head.py)
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -174,6 +176,8 @@ class SegmentAnything(nn.Module):
             out["classes"] = self.class_decoder
         if self.tissue_decoder is not None:
             out["tissue"] = self.tissue_decoder
+        if self.context_decoder is not None:
+            out["context"] = self.context_decoder
         return out
 
     def decode_classes(self, embedding: torch.Tensor, skips: list[torch.Tensor],
@@ -198,6 +202,35 @@ class SegmentAnything(nn.Module):
                                   "region model such as histosam-tissue)")
         inputs = {"embedding": embedding, "frame": frame}
         return self.tissue_decoder(*(inputs[name] for name in contract_of(self.tissue_decoder).consumes))
+
+    def decode_context(self, hr_embedding: torch.Tensor, hr_skips: list[torch.Tensor], lr_embedding: torch.Tensor,
+                       lr_skips: list[torch.Tensor], point_coords: torch.Tensor | None = None,
+                       point_labels: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                       lr_point_coords: torch.Tensor | None = None, lr_boxes: torch.Tensor | None = None,
+                       mask_input: torch.Tensor | None = None,
+                       features: tuple[torch.Tensor, torch.Tensor] | None = None, lr_mask: bool = True
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """WSI-SAM's dual decoding (:class:`~histosam.models.context_head.ContextHead`): prompts in the HR frame
+        (``point_coords``, ``boxes``, ``mask_input`` as :meth:`decode_masks`) and the same prompts mapped into the
+        concentric LR frame (``lr_point_coords``, ``lr_boxes``; labels shared); ``features``: the head's
+        ``frame_features`` of (HR, LR) when cached. Returns HR logits ``B×1×4h×4w``, LR logits (LR frame; ``None``
+        with ``lr_mask=False``, which skips the LR frame's upscaling) and the IoU prediction ``B×1``."""
+        if self.context_decoder is None:
+            from histosam.errors import CheckpointError
+
+            raise CheckpointError(f"model {self.config.name or self.config.architecture!r} has no context head")
+        size = tuple(hr_embedding.shape[-2:])
+        hr_pts = (point_coords, point_labels) if point_coords is not None else None
+        lr_pts = (lr_point_coords, point_labels) if lr_point_coords is not None else None
+        hr_sparse, hr_dense = self.prompt_encoder(hr_pts, boxes, mask_input, embedding_size=size)
+        lr_sparse, lr_dense = self.prompt_encoder(lr_pts, lr_boxes, None, embedding_size=size)
+        head = self.context_decoder
+        if features is None:
+            features = (head.frame_features(hr_embedding, hr_skips), head.frame_features(lr_embedding, lr_skips))
+        dt = hr_embedding.dtype
+        return head(self.mask_decoder, self.prompt_encoder.get_dense_pe(size).to(dt), hr_embedding,
+                    hr_sparse.to(dt), hr_dense.to(dt), lr_embedding, lr_sparse.to(dt), lr_dense.to(dt), *features,
+                    lr_mask=lr_mask)
 
     def contracts(self) -> dict[str, HeadContract]:
         """Each head's :class:`~histosam.models.heads.HeadContract`, by role."""

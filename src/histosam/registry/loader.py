@@ -140,6 +140,12 @@ def apply_role(model: SegmentAnything, role: str, state: dict[str, torch.Tensor]
             raise CheckpointError(f"{source} holds a tissue head, but model {model.config.name!r} has no slot for one "
                                   "(its configuration names no tissue classes)")
         _load_strict(model.tissue_decoder, state, f"{source} (tissue head)")
+    elif role == "context":
+        if model.context_decoder is None:  # the head fits any model: attach one (spec from the file's config)
+            from histosam.models.context_head import attach_context_head
+
+            attach_context_head(model, model.config.context or None, init=False)
+        _load_strict(model.context_decoder, state, f"{source} (context head)")
     else:
         raise CheckpointError(f"{source}: this histosam cannot attach a {role!r} head yet")
 
@@ -172,6 +178,10 @@ def model_from_contents(contents: formats.CheckpointContents, name: str = "",
         if "encoder" not in roles or "masks" not in roles:
             raise CheckpointError(f"{name!r} holds only the {sorted(roles)} weights of a model; register it as an "
                                   "extra file of a registry entry, or load the full model first")
+        if "context" in contents.other_roles and model.context_decoder is None:
+            from histosam.models.context_head import attach_context_head
+
+            attach_context_head(model, config.context or None, init=False)
         full: dict[str, torch.Tensor] = dict(contents.sam_state or {})
         for role, state in [("instances", contents.decoder_state or {}), *contents.other_roles.items()]:
             prefix = formats.ROLE_PREFIXES.get(role, (None,))[0]
