@@ -135,3 +135,30 @@ def test_region_evaluation(setup, tmp_path):
     assert summ["no-context"]["dice_box"] == pytest.approx(summ["baseline"]["dice_box"])
     report = write_report(res, tmp_path / "out")
     assert "| context |" in report.read_text() and (tmp_path / "out" / "regions.json").is_file()
+
+
+def test_finetuned_decoder_trains_with_its_own_rate(setup):
+    import histosam
+    from histosam.models.context_head import attach_context_head
+    from histosam.train.context import _param_groups
+
+    d, data, init = setup
+    m = histosam.load_model(init, device="cpu")
+    attach_context_head(m)
+    cfg = _cfg(d, data, init, mask_decoder="finetuned", lr=1e-3, decoder_lr=1e-5)
+    groups = _param_groups(m, cfg)
+    assert [g["base_lr"] for g in groups] == [1e-3, 1e-5]
+    trainable = {id(p) for g in groups for p in g["params"]}
+    assert all(p.requires_grad == (id(p) in trainable) for p in m.parameters())
+    assert not any(p.requires_grad for p in m.image_encoder.parameters())
+    assert not any(p.requires_grad for p in m.prompt_encoder.parameters())
+    out = d / "tuned"
+    train_context(_cfg(d, data, init, output_dir=str(out), mask_decoder="finetuned"), log=lambda m: None)
+    tuned = histosam.load_model(out / "best.pt", device="cpu")
+    first = histosam.load_model(init, device="cpu")
+    after = tuned.mask_decoder.state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in first.mask_decoder.state_dict().items())
+    from histosam.registry import formats
+
+    part = formats.split_checkpoint(formats.read_checkpoint(out / "context.pt"), "context.pt")
+    assert sorted(part.roles) == ["context", "masks"]  # the finetuned decoder ships with the head

@@ -10,9 +10,9 @@ working px, and the concentric LR frame covers a ``scale``-times wider field (pa
 the gland's mask in each frame, area-averaged to the mask decoder's output grid.
 
 Loss (WSI-SAM eq. 1): ``λ·L_high + (1 − λ)·L_low``, each Dice + binary cross entropy (λ = 0.5). Trainable: the
-context head, and the mask decoder with ``mask_decoder="finetuned"`` (WSI-SAM's setting is ``"frozen"``); the
-encoder and prompt encoder are frozen. ``context=False`` trains the **baseline**: the mask decoder finetuned on the
-HR frame alone (Dice + BCE) with the same samples and budget.
+context head (``lr``), and the mask decoder (``decoder_lr``) with ``mask_decoder="finetuned"`` (WSI-SAM's setting
+is ``"frozen"``); the encoder and prompt encoder are frozen. ``context=False`` trains the **baseline**: the mask
+decoder finetuned (``decoder_lr``) on the HR frame alone (Dice + BCE) with the same samples and budget.
 
 Validation: mean Dice per gland of the validation split with seeded noisy boxes, in the HR frame; the best model
 goes to ``best.pt`` (histosam format, all roles) and ``context.pt`` (the ``context`` role alone, plus ``masks``
@@ -48,7 +48,8 @@ class ContextTrainConfig:
     scale: int = 4
     lam: float = 0.5
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 1e-3  #: the context head's
+    decoder_lr: float = 1e-4  #: the mask decoder's, when it trains (the baseline, or mask_decoder="finetuned")
     weight_decay: float = 1e-4
     iterations: int = 2000
     val_every: int = 100
@@ -250,20 +251,23 @@ def learning_rate(base: float, step: int, total: int, warmup: int = 50) -> float
     return base * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * t)))
 
 
-def _trainable(model, cfg: ContextTrainConfig) -> list[torch.nn.Parameter]:
+def _param_groups(model, cfg: ContextTrainConfig) -> list[dict[str, Any]]:
+    """Parameter groups (each with its ``base_lr``): the context head at ``lr``, the mask decoder at
+    ``decoder_lr`` when it trains; everything else frozen."""
     for p in model.parameters():
         p.requires_grad_(False)
-    mods = []
+    groups = []
     if cfg.context:
-        mods.append(model.context_decoder)
-        if cfg.mask_decoder == "finetuned":
-            mods.append(model.mask_decoder)
-    else:
-        mods.append(model.mask_decoder)
-    params = [p for m in mods for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    return params
+        groups.append((model.context_decoder, cfg.lr))
+    if not cfg.context or cfg.mask_decoder == "finetuned":
+        groups.append((model.mask_decoder, cfg.decoder_lr))
+    out = []
+    for module, lr in groups:
+        params = list(module.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        out.append({"params": params, "lr": lr, "base_lr": lr})
+    return out
 
 
 def _train_mode(model) -> None:
@@ -304,9 +308,9 @@ def train_context(cfg: ContextTrainConfig, log=print) -> dict[str, Any]:
     vsamples = val_samples(val, geometry, grid, cfg)
     say(f"{'context' if cfg.context else 'baseline (no context)'}: {len(train)} train images ({len(glands)} glands), "
         f"{len(val)} val images ({len(vsamples)} val glands), mpp {mpp}, frame {geometry.frame}, scale {cfg.scale}")
-    params = _trainable(model, cfg)
-    say(f"trainable parameters: {sum(p.numel() for p in params):,}")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = _param_groups(model, cfg)
+    say(f"trainable parameters: {sum(p.numel() for g in groups for p in g['params']):,}")
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     step, best = 0, -1.0
     latest = out / "latest.pt"
     if latest.is_file():
@@ -335,7 +339,7 @@ def train_context(cfg: ContextTrainConfig, log=print) -> dict[str, Any]:
         else:
             loss = dice_bce(hr, _targets(samples, "hr_target", dev))
         for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg.lr, step, cfg.iterations)
+            group["lr"] = learning_rate(group["base_lr"], step, cfg.iterations)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
