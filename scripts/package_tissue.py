@@ -22,6 +22,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--postprocess", default=None,
+                    help='JSON of the region post-processing to ship, e.g. {"interior_threshold": 0.5}')
     ap.add_argument("--full-precision", action="store_true", help="store float32 (evaluation copies)")
     ap.add_argument("--from-state", action="store_true", help="CHECKPOINT is a training state (latest.pt)")
     args = ap.parse_args()
@@ -32,6 +34,12 @@ def main() -> None:
     else:
         model = load_model(args.checkpoint, device="cpu")
     model.config.name = "histosam-tissue"
+    if args.postprocess:
+        import json
+
+        keep = ("interior_threshold", "seed_erosion_um", "min_area_um2")
+        chosen = {k: v for k, v in json.loads(args.postprocess).items() if k in keep}
+        model.config.tissue = {**model.config.tissue, "postprocess": chosen}
     save_histosam(model, args.out, storage_dtype=None if args.full_precision else torch.float16)
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, sha256:{file_hash(args.out, 'sha256')}")
 

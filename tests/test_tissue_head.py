@@ -28,7 +28,7 @@ def test_head_shapes_and_contract(second):
     assert emb.shape == (2, 256, 8, 8)
     assert out.shape == (2, 4, 32, 32)  # K + contour at 4x the embedding
     c = contract_of(model.tissue_decoder)
-    assert c.role == "tissue" and c.produces == (*NAMES, "contour") and c.consumes == ("embedding", "frame")
+    assert c.role == "tissue" and c.produces == (*NAMES, "interior") and c.consumes == ("embedding", "frame")
     assert "tissue" in model.contracts()
     # every class prompt decodes its own mask: different prompts, different logits
     assert not torch.allclose(out[:, 1], out[:, 2])
@@ -97,8 +97,9 @@ def test_loss_against_hand_values():
     assert float(tissue_loss(logits, target, valid, alpha=alpha, gamma=2.0)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_gland_targets_mark_borders_between_glands():
+def test_gland_targets_interior_separates_touching_glands():
     import numpy as np
+    from scipy import ndimage as ndi
 
     lab = np.zeros((10, 12), np.int32)
     lab[2:8, 1:6] = 1
@@ -106,9 +107,12 @@ def test_gland_targets_mark_borders_between_glands():
     t = gland_targets(lab, 2, 3, border=1)
     assert t.shape == (4, 10, 12)
     assert t[0].sum() == (lab == 0).sum() and t[2].sum() == (lab > 0).sum() and t[1].sum() == 0
-    assert t[3][4, 5] == 1 and t[3][4, 6] == 1  # the shared border
-    assert t[3][4, 3] == 0  # the interior
-    assert t[3][0, 0] == 0  # background is never contour
+    # interior = each gland shrunk by 1 px from background and from the other gland: rows 3..6, cols 2..4 / 7..9
+    expected = np.zeros((10, 12), bool)
+    expected[3:7, 2:5] = True
+    expected[3:7, 7:10] = True
+    assert np.array_equal(t[3].astype(bool), expected)
+    assert ndi.label(t[3])[1] == 2  # two seeds for two glands
 
 
 def test_float16_storage_loads_back_as_float32(tmp_path):

@@ -13,31 +13,42 @@ from histosam.measure.regions import Region, merge_cut_regions, region_features,
 from histosam.postprocess.regions import region_instances
 
 
-def _scores(fg: np.ndarray, contour: np.ndarray, cls: int = 1, k: int = 3) -> np.ndarray:
+def _scores(fg: np.ndarray, interior: np.ndarray, cls: int = 1, k: int = 3) -> np.ndarray:
     s = np.zeros((k + 1, *fg.shape), np.float32)
     s[0] = ~fg
     s[cls] = fg
-    s[k] = contour
+    s[k] = interior
     return s
 
 
-def test_contour_splits_touching_glands_and_small_regions_go():
+def test_interior_seeds_split_touching_glands_and_small_regions_go():
     fg = np.zeros((40, 60), bool)
     fg[5:35, 5:55] = True
-    contour = np.zeros_like(fg)
-    contour[5:35, 29:31] = True  # the border between two glands
+    interior = np.zeros_like(fg)
+    interior[8:32, 8:27] = True  # two glands' interiors, apart across columns 27..32
+    interior[8:32, 33:52] = True
     fg[38:40, 0:2] = True  # 4 px: below the minimum area
-    cmap, inst, cls = region_instances(_scores(fg, contour.astype(np.float32), cls=2), mpp=1.0, min_area_um2=50)
+    cmap, inst, cls = region_instances(_scores(fg, interior.astype(np.float32), cls=2), mpp=1.0, min_area_um2=50)
     assert inst.max() == 2 and set(cls.values()) == {2}
-    assert (inst > 0).sum() == 30 * 50  # the contour pixels are given back to the glands
+    assert (inst > 0).sum() == 30 * 50  # the pixels between the interiors are given back to the glands
     assert cmap[39, 0] == 0 and inst[39, 0] == 0
     assert set(np.unique(cmap)) == {0, 2}
+
+
+def test_a_gland_without_interior_is_kept():
+    fg = np.zeros((30, 30), bool)
+    fg[2:12, 2:12] = True  # its interior score stays low everywhere
+    fg[15:28, 15:28] = True
+    interior = np.zeros_like(fg)
+    interior[18:25, 18:25] = True
+    cmap, inst, cls = region_instances(_scores(fg, interior.astype(np.float32)), mpp=1.0, min_area_um2=10)
+    assert inst.max() == 2 and (inst > 0).sum() == fg.sum()
 
 
 def test_instance_takes_its_majority_class():
     fg = np.zeros((20, 20), bool)
     fg[2:18, 2:18] = True
-    s = _scores(fg, np.zeros(fg.shape, np.float32), cls=1)
+    s = _scores(fg, fg.astype(np.float32), cls=1)
     s[2, 2:6, 2:6] = 2.0  # a corner scores malignant: the region stays benign, one class throughout
     cmap, inst, cls = region_instances(s, mpp=1.0, min_area_um2=1)
     assert cls == {1: 1} and set(np.unique(cmap[inst == 1])) == {1}
@@ -101,11 +112,11 @@ def test_scores_of_a_chunk_with_context_equal_the_whole_image():
 
 
 def _fake_scores(model, rgb, tile=None, halo=None, batch_size=4, region=None):
-    """Dark pixels are glands (class 1), no contour: a stand-in that makes the slide's answer known."""
+    """Dark pixels are glands (class 1) and their own interior: a stand-in that makes the slide's answer known."""
     r0, c0, r1, c1 = region if region is not None else (0, 0, *rgb.shape[:2])
     fg = rgb[r0:r1, c0:c1].mean(axis=2) < 150
     s = np.zeros((3, *fg.shape), np.float32)
-    s[0], s[1] = ~fg, fg
+    s[0], s[1], s[2] = ~fg, fg, fg
     return s
 
 

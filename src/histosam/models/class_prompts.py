@@ -7,7 +7,8 @@ Frames and shapes (``S``: the model's square input frame side; ``h = w = S / str
 - ``frame``: ``B×3×S×S`` float, the normalised input (consumed by the second encoder only).
 - output: logits ``B×(K+1)×4h×4w`` in the padded input frame at 4× the embedding resolution (stride 2 of the
   frame for histosam's stride-8 encoders): channels ``0..K-1`` are the tissue classes (background first),
-  channel ``K`` is the **contour** of region instances, used to split touching glands into objects. As in
+  channel ``K`` is the **interior** of region instances (each region shrunk away from its border), whose connected
+  components seed the region instances, so that touching glands come apart. As in
   SAM-Path, each channel is its own mask: a sigmoid gives its score; the class map is the argmax of the K class
   scores.
 
@@ -33,10 +34,10 @@ from histosam.models.mask_decoder import MaskDecoder
 from histosam.models.prompt_encoder import PositionEmbeddingRandom
 from histosam.models.transformer import TwoWayTransformer
 
-__all__ = ["ClassPromptHead", "FeatureFusion", "CONTOUR"]
+__all__ = ["ClassPromptHead", "FeatureFusion", "INTERIOR"]
 
-#: name of the extra output channel: the contour of region instances
-CONTOUR = "contour"
+#: name of the extra output channel: the interior of region instances (the seeds of the instances)
+INTERIOR = "interior"
 
 
 class FeatureFusion(nn.Module):
@@ -88,7 +89,7 @@ class ClassPromptHead(nn.Module):
 
     @property
     def contract(self) -> HeadContract:
-        return HeadContract("tissue", ("embedding", "frame"), (*self.class_names, CONTOUR), needs_padded_frame=True)
+        return HeadContract("tissue", ("embedding", "frame"), (*self.class_names, INTERIOR), needs_padded_frame=True)
 
     @property
     def num_classes(self) -> int:

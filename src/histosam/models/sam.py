@@ -193,7 +193,7 @@ class SegmentAnything(nn.Module):
 
     def decode_tissue(self, embedding: torch.Tensor, frame: torch.Tensor | None = None) -> torch.Tensor:
         """Tissue logits ``B×(K+1)×4h×4w`` in the padded input frame (K = ``len(config.tissue["classes"])``,
-        background first, softmax over them; the last channel is the region contour, sigmoid): see
+        background first, softmax over them; the last channel is the region interior, sigmoid): see
         :class:`~histosam.models.class_prompts.ClassPromptHead`."""
         if self.tissue_decoder is None:
             from histosam.errors import CheckpointError

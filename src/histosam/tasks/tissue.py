@@ -63,7 +63,7 @@ def iter_windows(shape: tuple[int, int], tile: int, halo: int, region: tuple[int
 def tissue_scores(model, rgb: np.ndarray, tile: int | None = None, halo: int | None = None,
                   batch_size: int = 4, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Per-channel scores ``(K+1)×h×w`` float32 in [0, 1] of an RGB ``H×W×3`` uint8 image **at the model's
-    working resolution**: K class scores (background first) then the contour score (see
+    working resolution**: K class scores (background first) then the interior score (see
     :class:`~histosam.models.class_prompts.ClassPromptHead`). ``region`` ``(r0, c0, r1, c1)`` limits the output
     to that box (``h×w``), with the rest of the array as context; a slide chunk read with ``halo`` px of context
     around it gives the same scores as the whole image when its origin is on the tile grid."""
@@ -104,7 +104,7 @@ def tissue_scores(model, rgb: np.ndarray, tile: int | None = None, halo: int | N
 
 def region_params(model, min_area_um2: float | None = None) -> dict:
     """Keyword arguments of :func:`~histosam.postprocess.regions.region_instances` that travel with the model
-    (``config.tissue["postprocess"]``: ``contour_threshold``, ``seed_erosion_um``, ``min_area_um2``), with
+    (``config.tissue["postprocess"]``: ``interior_threshold``, ``seed_erosion_um``, ``min_area_um2``), with
     ``min_area_um2`` overridden when given."""
     params = dict((model.config.tissue or {}).get("postprocess") or {})
     if min_area_um2 is not None:

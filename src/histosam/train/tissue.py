@@ -6,16 +6,17 @@ Data: ``<id>.png`` + ``<id>_label.tif`` (region instances) per image and, option
 from image-level labels only (every gland of a benign image is benign; a malignant image may hold normal-looking
 glands, which are then labelled malignant); ``classes="gland"`` trains background / gland.
 
-Targets at the head's output resolution (stride 2 of the frame): the class of every pixel and the **contour**
-(instance borders, 2 working px wide on each side of a border between instances or with background), so that
-touching glands can be split. Crops smaller than the frame sit at its top-left and are zero-padded, as at
-inference; padded pixels carry no loss.
+Targets at the head's output resolution (stride 2 of the frame): the class of every pixel and the **interior**
+(each instance shrunk by ``border`` working px away from other instances and from background), whose connected
+components seed the instances, so that touching glands come apart. Crops smaller than the frame sit at its
+top-left and are zero-padded, as at inference; padded pixels carry no loss.
 
 Loss (SAM-Path eq. 3, β = 0 as their best CRAG setting): ``Σ_channels (1 − α)·Dice + α·Focal`` over the K class
-masks and the contour, α = 0.125. Strategies: ``encoder="frozen"`` (SAM-Path: only the class prompts, the head's
+masks and the interior, α = 0.125. Strategies: ``encoder="frozen"`` (SAM-Path: only the class prompts, the head's
 decoder, the fusion and the second encoder train) or ``"finetuned"`` (the main encoder too).
 Validation: whole held-out images (split by patient) through :func:`histosam.tasks.tissue.tissue_scores`,
-gland pixel Dice (mean per image); the best model goes to ``best.pt`` (histosam format), the state to
+gland pixel Dice and GlaS object F1 (means per image); the model with the best mean of the two goes to
+``best.pt`` (histosam format), the state to
 ``latest.pt`` (resumed with ``weights_only=True``).
 """
 
@@ -49,6 +50,8 @@ class TissueTrainConfig:
     data_dir: str = "../shared/data/glas/train"
     output_dir: str = "runs/tissue"
     init: str = "histosam-nano"  #: encoder initialisation: a model name/path, or "scratch"
+    #: start every weight from a region model (a histosam checkpoint with a tissue head of the same classes)
+    init_model: str | None = None
     encoder: str = "finetuned"  #: frozen | finetuned
     second_encoder: bool = True
     classes: str = "grade"  #: grade | gland
@@ -166,9 +169,10 @@ def split_by_patient(images: list[GlandImage], fraction: float, seed: int) -> tu
     return train, sorted(val)
 
 
-def gland_targets(labels: np.ndarray, class_index: int, n_classes: int, border: int = 2) -> np.ndarray:
+def gland_targets(labels: np.ndarray, class_index: int, n_classes: int, border: int = 3) -> np.ndarray:
     """Targets ``(K+1)×H×W`` float32 at the labels' grid: one-hot class (``class_index`` for every region) and the
-    contour (pixels within ``border`` px of a change of instance id, inside regions)."""
+    interior (region pixels farther than ``border`` px, in the chessboard metric, from any other id, background
+    included)."""
     k = n_classes
     t = np.zeros((k + 1, *labels.shape), np.float32)
     fg = labels > 0
@@ -177,10 +181,9 @@ def gland_targets(labels: np.ndarray, class_index: int, n_classes: int, border: 
     from scipy import ndimage as ndi
 
     size = 2 * border + 1
-    hi = ndi.maximum_filter(labels, size=size)
-    lo = ndi.minimum_filter(np.where(fg, labels, np.iinfo(np.int32).max), size=size)
-    edge = fg & ((hi != labels) | (lo != labels))
-    t[k] = edge
+    hi = ndi.maximum_filter(labels, size=size, mode="nearest")
+    lo = ndi.minimum_filter(labels, size=size, mode="nearest")
+    t[k] = fg & (hi == labels) & (lo == labels)
     return t
 
 
@@ -265,6 +268,13 @@ def _build(cfg: TissueTrainConfig, names: list[str]):
         model.image_encoder.load_state_dict(src.image_encoder.state_dict())
         model.prompt_encoder.load_state_dict(src.prompt_encoder.state_dict())
         model.mask_decoder.load_state_dict(src.mask_decoder.state_dict())
+    if cfg.init_model:
+        from histosam.registry.loader import load_model
+
+        donor = load_model(cfg.init_model, device="cpu")
+        if donor.tissue_decoder is None or list(donor.config.tissue.get("classes", [])) != names:
+            raise DataError(f"init_model {cfg.init_model} has no tissue head with the classes {names}")
+        model.load_state_dict(donor.state_dict())
     model.config.mpp = cfg.mpp
     model.config.name = "histosam-tissue"
     model.config.prompt_window = None
@@ -303,19 +313,24 @@ def model_from_state(path: str | Path):
 def validate(model, images: list[GlandImage], names: list[str]) -> dict[str, float]:
     """Gland pixel Dice (mean per image) and, with graded classes, the share of images whose gland pixels vote
     for the right grade."""
+    from histosam.evaluation.glands import glas_object_metrics
+    from histosam.postprocess.regions import region_instances
     from histosam.tasks.tissue import tissue_scores
 
     model.eval()
-    dices, right = [], []
+    dices, right, f1s = [], [], []
     for im in images:
         scores = tissue_scores(model, im.rgb)
         cmap = scores[: len(names)].argmax(0)
         pred, gt = cmap > 0, im.labels > 0
         dices.append(2 * (pred & gt).sum() / max(1, pred.sum() + gt.sum()))
+        f1s.append(glas_object_metrics(im.labels, region_instances(scores, model.config.mpp)[1], hausdorff=False).f1)
         if names == GRADE_CLASSES and pred.any() and im.grade:
             votes = np.bincount(cmap[pred], minlength=3)
             right.append(int(votes[2] > votes[1]) == int(im.grade == "malignant"))
-    return {"gland_dice": float(np.mean(dices)), "grade_accuracy": float(np.mean(right)) if right else float("nan")}
+    dice, f1 = float(np.mean(dices)), float(np.mean(f1s))
+    return {"gland_dice": dice, "object_f1": f1, "score": (dice + f1) / 2,
+            "grade_accuracy": float(np.mean(right)) if right else float("nan")}
 
 
 def _train_mode(model, cfg: TissueTrainConfig) -> None:
@@ -357,7 +372,7 @@ def train_tissue(cfg: TissueTrainConfig, log=print) -> dict[str, Any]:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, best = int(state["step"]), float(state["best"])
-        log(f"resumed at step {step} (best gland Dice {best:.4f})")
+        log(f"resumed at step {step} (best validation score {best:.4f})")
     rng = np.random.default_rng(cfg.seed + step)
     _train_mode(model, cfg)
     t0 = time.time()
@@ -381,8 +396,8 @@ def train_tissue(cfg: TissueTrainConfig, log=print) -> dict[str, Any]:
             metrics = validate(model, val, names)
             _train_mode(model, cfg)
             rec.update(metrics)
-            if metrics["gland_dice"] > best:
-                best = metrics["gland_dice"]
+            if metrics["score"] > best:  # mean of gland pixel Dice and GlaS object F1
+                best = metrics["score"]
                 save_histosam(model, out / "best.pt", extra={"train": asdict(cfg), "step": step, **metrics})
             save_train_state(latest, {"format": TRAIN_STATE_FORMAT, "version": TRAIN_STATE_VERSION,
                                       "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -395,4 +410,4 @@ def train_tissue(cfg: TissueTrainConfig, log=print) -> dict[str, Any]:
         if done:
             break
     logf.close()
-    return {"step": step, "best_gland_dice": best, "best": str(out / "best.pt"), "val": val_names}
+    return {"step": step, "best_score": best, "best": str(out / "best.pt"), "val": val_names}
