@@ -178,3 +178,16 @@ def test_upscaling_rows_match_the_modules_and_lr_mask_is_optional():
     h2, lo2, _ = m.decode_context(hr, hs, lr, ls, pts, lbl, lr_point_coords=pts / 4 + 24, lr_mask=False)
     assert lo2 is None and lo is not None
     torch.testing.assert_close(h, h2)
+
+
+def test_vit_models_get_a_head_without_early_features():
+    m = build_model("tiny").eval()  # the ViT family's test model: no encoder skips
+    head = attach_context_head(m)
+    assert m.config.context["early_channels"] == [] and len(head.early) == 0
+    x = torch.randn(2, 3, m.image_size, m.image_size)
+    with torch.no_grad():
+        emb, skips = m.encode(x)
+        hr, lr, iou = m.decode_context(emb[:1], skips, emb[1:], skips, boxes=torch.tensor([[10.0, 10.0, 50.0, 50.0]]),
+                                       lr_boxes=torch.tensor([[40.0, 40.0, 50.0, 50.0]]))
+    side = 4 * emb.shape[-1]
+    assert hr.shape == lr.shape == (1, 1, side, side) and iou.shape == (1, 1)
