@@ -167,7 +167,7 @@ def test_predict_point_and_box(tmp_path, capsys, tiny_model_path, image_path, su
     assert report["scores"] == pytest.approx(ref.scores[0].tolist(), abs=1e-6)
     assert len(report["scores"]) == 3 and report["best"] == best
     assert report["prompts"] == {"points": [[60.0, 45.0], [10.0, 10.0]], "labels": [1, 0],
-                                 "box": [35.0, 25.0, 85.0, 65.0]}
+                                 "box": [35.0, 25.0, 85.0, 65.0], "mask_input": None}
     assert report["area_px"] == int(expected.sum())
     assert report["image_size"] == {"height": 96, "width": 128}
     assert report["model"] == "tiny" and report["precision"] == "fp32"
