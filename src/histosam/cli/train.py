@@ -72,7 +72,7 @@ def _task(path: str) -> str:
 
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError):
         return ""  # load_config reports what is wrong with the file
     return str(data.get("task", "")) if isinstance(data, dict) else ""
 
