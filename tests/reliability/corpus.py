@@ -1203,7 +1203,9 @@ def http_cases() -> list[HttpCase]:
         "checkpoint-url-file-scheme": {**ok_body, "checkpoint_url": "file:///etc/passwd"},
         "checkpoint-url-10k-chars": {**ok_body, "checkpoint_url": "x" * 10000},
     }
-    valid = {"b64img-1x1", "bbox-1e308"}  # a 1x1 viewport is an image; a box across the edge is clipped
+    # a 1x1 viewport is an image; a box across the edge is clipped; an earlier mask of the viewport's size is a
+    # correction prompt (samapi's b64mask)
+    valid = {"b64img-1x1", "bbox-1e308", "b64mask-given"}
     for name, body in bodies.items():
         cases.append(HttpCase(f"http/predict-{name}", "POST", "/sam/", body, expect="ok" if name in valid else "fail",
                               xfail=SERVER_NAN_TIFF if name == "b64img-float-nan-tiff" else None))

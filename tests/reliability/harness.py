@@ -272,7 +272,7 @@ def make_ctx(folder: Path) -> Ctx:
 class FakeBackend:
     """Answers prompts with a small square and automask with two objects (model work is not under test)."""
 
-    def predict(self, entry, image, points, labels, box, multimask):
+    def predict(self, entry, image, points, labels, box, multimask, mask=None):
         import numpy as np
 
         from histosam.server import PromptResult

@@ -46,6 +46,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -397,7 +398,8 @@ class Predictor:
             crop = F.interpolate(crop, size=tuple(tile.input_size), mode="bilinear", align_corners=False)
         frame = torch.zeros(1, 1, self.frame, self.frame)
         frame[..., : crop.shape[-2], : crop.shape[-1]] = crop
-        low = F.adaptive_avg_pool2d(frame, tuple(self.model.prompt_encoder.mask_input_size)).clamp(eps, 1 - eps)
+        size = tuple(cast(Any, self.model.prompt_encoder).mask_input_size)
+        low = F.adaptive_avg_pool2d(frame, size).clamp(eps, 1 - eps)
         return torch.log(low / (1 - low))[0].numpy().astype(np.float32), np.array([tile.row, tile.col], np.int64)
 
     def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:

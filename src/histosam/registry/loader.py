@@ -145,6 +145,7 @@ def apply_role(model: SegmentAnything, role: str, state: dict[str, torch.Tensor]
             from histosam.models.context_head import attach_context_head
 
             attach_context_head(model, model.config.context or None, init=False)
+        assert model.context_decoder is not None  # attached above
         _load_strict(model.context_decoder, state, f"{source} (context head)")
     else:
         raise CheckpointError(f"{source}: this histosam cannot attach a {role!r} head yet")
