@@ -65,6 +65,8 @@ class TissueTrainConfig:
     val_every: int = 100
     val_fraction: float = 0.2
     alpha: float = 0.125
+    #: the interior target: each region shrunk by this many working px (see :func:`gland_targets`)
+    interior_border: int = 3
     gamma: float = 2.0
     max_minutes: float | None = None
     seed: int = 0
@@ -228,7 +230,7 @@ def _batch(rng: np.random.Generator, images: list[GlandImage], cfg: TissueTrainC
         a = np.clip((a - mean) * rng.uniform(0.85, 1.15) + mean, 0, 255)
         ah, aw = a.shape[:2]
         frames[b, :, :ah, :aw] = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-        t = gland_targets(np.ascontiguousarray(y), _class_index(im.grade, names), k)
+        t = gland_targets(np.ascontiguousarray(y), _class_index(im.grade, names), k, cfg.interior_border)
         t2 = t[:, ::2, ::2]
         targets[b, :, : t2.shape[1], : t2.shape[2]] = torch.from_numpy(np.ascontiguousarray(t2))
         valid[b, :, : t2.shape[1], : t2.shape[2]] = 1
