@@ -87,7 +87,15 @@ PACKAGED_NANO_SHA256 = "sha256:d0c44232da693232c705e820aef10a97bd19987b73de3a6ee
 #: sha256 of the shipped class head (``weights/histosam-nano-classes.pt``: role ``classes`` only)
 PACKAGED_NANO_CLASSES_SHA256 = "sha256:d4ba9d79113a5ab8bbb4771cfb43f28e77056cdb6a871e265bde8c117daf50a3"
 
+#: sha256 of the shipped region model (``weights/histosam-tissue.pt``, float16 storage)
+PACKAGED_TISSUE_SHA256 = "sha256:f856c63a042a0e62e94c95bba3315b7a6c61736ec320b16ad89d574264eefa85"
+
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
+    ModelEntry("histosam-tissue", "nano", None, PACKAGED_TISSUE_SHA256, "histosam-tissue.pt",
+               "histosam's embedded region model: glands at 20x (background / benign gland / malignant gland), "
+               "SAM-Path class prompts + second encoder, trained on GlaS; for histosam tissue",
+               "GlaS research use only; encoder initialised from histosam-nano (CC BY-NC-SA 4.0)",
+               packaged="weights/histosam-tissue.pt"),
     ModelEntry("histosam-nano-classes", "nano", None, PACKAGED_NANO_SHA256, "histosam-nano.pt",
                "histosam-nano + a nucleus-class head (CoNSeP: other, inflammatory, epithelial, spindle-shaped), "
                "shipped as a separate head file", "CC BY-NC-SA 4.0 (MoNuSeg) + CoNSeP research use",
