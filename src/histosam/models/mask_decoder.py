@@ -55,16 +55,7 @@ class MaskDecoder(nn.Module):
     def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
                       dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks and IoU predictions (see :meth:`forward`)."""
-        b = sparse.shape[0]
-        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1)
-        if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
-            src = image_embeddings + dense[:1]  # the same for every prompt set: the transformer shares it
-        else:
-            src = (image_embeddings if image_embeddings.shape[0] == b else image_embeddings.expand(b, -1, -1, -1))
-            src = src + dense
-        _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src, (h, w) = two_way_pass(self, image_embeddings, image_pe, sparse, dense)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1: 1 + self.num_mask_tokens, :]
         hyper_in = torch.stack(
@@ -93,6 +84,25 @@ class MaskDecoder(nn.Module):
         # (y, x, a, b, c, d) → row 4y + 2a + c, column 4x + 2b + d
         logits = logits.view(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
         return logits.reshape(b, m, 4 * h, 4 * w)
+
+
+def two_way_pass(decoder: nn.Module, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                 dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """The two-way transformer of a SAM-style decoder (``decoder.iou_token``, ``.mask_tokens``, ``.transformer``):
+    output tokens (IoU token, mask tokens) + the sparse prompts attend to the image embedding plus the dense prompt.
+    Returns ``(tokens B×(1+M+K)×C, image tokens B'×hw×C (B' = 1 when all prompt sets share one embedding, else B),
+    (h, w))``."""
+    b = sparse.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1)
+    if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
+        src = image_embeddings + dense[:1]  # the same for every prompt set: the transformer shares it
+    else:
+        src = image_embeddings if image_embeddings.shape[0] == b else image_embeddings.expand(b, -1, -1, -1)
+        src = src + dense
+    h, w = src.shape[-2:]
+    hs, src = decoder.transformer(src, image_pe, tokens)
+    return hs, src, (int(h), int(w))
 
 
 def _transposed_conv_rows(conv: nn.ConvTranspose2d, rows: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from torch import nn
 from histosam.errors import ParameterError
 from histosam.models.common import MLP, LayerNorm2d, MLPBlock
 from histosam.models.heads import MASKS_CONTRACT
+from histosam.models.mask_decoder import two_way_pass
 from histosam.models.transformer import Attention, TwoWayTransformer
 
 #: the options a refine decoder takes and their defaults (see the module docstring)
@@ -146,15 +147,8 @@ class RefineMaskDecoder(nn.Module):
                       dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` masks and IoU predictions."""
         b = sparse.shape[0]
-        out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1).to(sparse.dtype), sparse], dim=1)
-        if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
-            src = image_embeddings + dense[:1]  # the same for every prompt set: the transformer shares it
-        else:
-            src = image_embeddings if image_embeddings.shape[0] == b else image_embeddings.expand(b, -1, -1, -1)
-            src = src + dense
-        _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)  # src: B×hw×C, one per prompt set
+        hs, src, (h, w) = two_way_pass(self, image_embeddings, image_pe, sparse, dense)  # src: B'×hw×C
+        c = src.shape[-1]
         if src.shape[0] != b:
             src = src.expand(b, -1, -1)
         pe = image_pe.flatten(2).transpose(1, 2).to(src.dtype)  # 1×hw×C
