@@ -24,6 +24,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--postprocess", default=None,
                     help='JSON of the region post-processing to ship, e.g. {"interior_threshold": 0.5}')
+    ap.add_argument("--add-roles", default=None, metavar="FILE",
+                    help="a histosam file whose roles replace or join the model's (e.g. a context head and the mask "
+                    "decoder it was trained with, scripts/train_context.py's context.pt)")
     ap.add_argument("--full-precision", action="store_true", help="store float32 (evaluation copies)")
     ap.add_argument("--from-state", action="store_true", help="CHECKPOINT is a training state (latest.pt)")
     args = ap.parse_args()
@@ -33,6 +36,16 @@ def main() -> None:
         model = model_from_state(args.checkpoint)
     else:
         model = load_model(args.checkpoint, device="cpu")
+    if args.add_roles:
+        from histosam.registry import formats
+        from histosam.registry.loader import apply_role
+
+        part = formats.split_checkpoint(formats.read_checkpoint(args.add_roles), args.add_roles)
+        for role, state in part.roles.items():
+            if role == "context" and part.config and part.config.get("context"):
+                model.config.context = part.config["context"]
+            apply_role(model, role, state, args.add_roles)
+            print(f"{role}: from {args.add_roles}")
     model.config.name = "histosam-tissue"
     if args.postprocess:
         import json

@@ -16,6 +16,7 @@ def test_histosam_tissue_loads_by_name():
     assert set(model.config.tissue["postprocess"]) == {"interior_threshold", "seed_erosion_um", "min_area_um2"}
     assert model.contracts()["tissue"].produces[-1] == "interior"
     assert model.tissue_decoder.second_encoder is not None
+    assert "context" in model.contracts()  # WSI-SAM's head ships with it
 
 
 def test_nucleus_models_refuse_tissue():

@@ -88,7 +88,7 @@ PACKAGED_NANO_SHA256 = "sha256:d0c44232da693232c705e820aef10a97bd19987b73de3a6ee
 PACKAGED_NANO_CLASSES_SHA256 = "sha256:d4ba9d79113a5ab8bbb4771cfb43f28e77056cdb6a871e265bde8c117daf50a3"
 
 #: sha256 of the shipped region model (``weights/histosam-tissue.pt``, float16 storage)
-PACKAGED_TISSUE_SHA256 = "sha256:f856c63a042a0e62e94c95bba3315b7a6c61736ec320b16ad89d574264eefa85"
+PACKAGED_TISSUE_SHA256 = "sha256:a97d371ac88208680469d36d097c957a9dfc9f0ba49c41f6b68a6fff70e98e9f"
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry("histosam-tissue", "nano", None, PACKAGED_TISSUE_SHA256, "histosam-tissue.pt",
