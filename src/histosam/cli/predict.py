@@ -152,7 +152,6 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from histosam.inference.predictor import Predictor
-    from histosam.io.atomic import atomic_write
     from histosam.io.images import image_mpp, read_image
     from histosam.registry.loader import load_model
 
@@ -197,8 +196,6 @@ def run(args: argparse.Namespace) -> int:
     scores = pred.scores[0]
     best = int(np.argmax(scores))
     mask = pred.masks[0, best]
-    write_mask(out, mask)
-    rows, cols = np.nonzero(mask)
     report: dict[str, Any] = {
         "image": str(Path(args.image)),
         "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
@@ -217,21 +214,13 @@ def run(args: argparse.Namespace) -> int:
         "scores": [float(s) for s in scores],
         "best": best,
         "best_score": float(scores[best]),
-        "area_px": int(mask.sum()),
-        "bbox_xyxy": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size
-        else None,
     }
-    json_path = out.with_suffix(".json")
-    with atomic_write(json_path) as f:
-        json.dump(report, f, indent=2)
-    print(f"{out}: {report['area_px']} px, predicted IoU {report['best_score']:.3f} (scores in {json_path})")
-    return 0
+    return _write_outputs(out, mask, report, "")
 
 
 def _run_with_context(args, model, image: np.ndarray, mpp, mpp_source: str, out: Path) -> int:
     """``histosam predict`` through :class:`~histosam.inference.context.ContextPredictor` (WSI-SAM context)."""
     from histosam.inference.context import ContextPredictor
-    from histosam.io.atomic import atomic_write
 
     predictor = ContextPredictor(model, device=args.device)
     predictor.set_image(image, mpp=mpp)
@@ -239,9 +228,6 @@ def _run_with_context(args, model, image: np.ndarray, mpp, mpp_source: str, out:
     labels = np.array([p[2] for p in args.point], dtype=np.int64) if args.point else None
     box = np.array(args.box, dtype=np.float32) if args.box is not None else None
     pred = predictor.predict(points=points, labels=labels, box=box)
-    mask = pred.mask
-    write_mask(out, mask)
-    rows, cols = np.nonzero(mask)
     report: dict[str, Any] = {
         "image": str(Path(args.image)), "image_size": {"height": int(image.shape[0]), "width": int(image.shape[1])},
         "output": str(out), "model": model.config.name, "architecture": model.config.architecture,
@@ -249,12 +235,22 @@ def _run_with_context(args, model, image: np.ndarray, mpp, mpp_source: str, out:
         "hr_frame_origin_working_px": list(pred.hr_origin), "lr_scale": predictor.geometry.scale,
         "prompts": {"points": [[x, y] for x, y, _ in args.point], "labels": [lab for *_, lab in args.point],
                     "box": list(args.box) if args.box is not None else None},
-        "scores": [pred.score], "best": 0, "best_score": pred.score, "area_px": int(mask.sum()),
-        "bbox_xyxy": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size
-        else None,
+        "scores": [pred.score], "best": 0, "best_score": pred.score,
     }
+    return _write_outputs(out, pred.mask, report, " with context")
+
+
+def _write_outputs(out: Path, mask: np.ndarray, report: dict[str, Any], how: str) -> int:
+    """Write the mask and ``<out>.json`` (the report plus the mask's area and box) and print the summary line."""
+    from histosam.io.atomic import atomic_write
+
+    write_mask(out, mask)
+    rows, cols = np.nonzero(mask)
+    report = {**report, "area_px": int(mask.sum()),
+              "bbox_xyxy": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1] if rows.size
+              else None}
     json_path = out.with_suffix(".json")
     with atomic_write(json_path) as f:
         json.dump(report, f, indent=2)
-    print(f"{out}: {report['area_px']} px with context, predicted IoU {pred.score:.3f} (scores in {json_path})")
+    print(f"{out}: {report['area_px']} px{how}, predicted IoU {report['best_score']:.3f} (scores in {json_path})")
     return 0
