@@ -53,70 +53,20 @@ import torch
 
 from histosam.errors import HistosamError
 from histosam.inference import preprocess as pre
+from histosam.inference.prompt_arrays import batch_prompts, batched, prompt_xy
+from histosam.inference.results import OUTSIDE_LOGIT, LogitsPrediction, Prediction, crop_logits
 from histosam.inference.runtime import autocast, prepare_for_inference, resolve_device, resolve_precision
 from histosam.io.atomic import atomic_torch_save
 from histosam.io.images import to_rgb_uint8
 from histosam.models.param_cache import version_key, weights_fingerprint
 from histosam.models.sam import SegmentAnything
+from histosam.tiling.grid import tile_starts
 
 EMBEDDING_FORMAT = "histosam-embedding-v1"
-#: logit outside a prompt set's window in the frame-sized ``low_res_logits``, and where a moved ``mask_input``
-#: has no values (sigmoid ≈ 2e-9)
-OUTSIDE_LOGIT = -20.0
 #: pixels kept between a prompt set's extent and its window's border before the window grows
 WINDOW_MARGIN = 16
 #: returned logits remembered for recognising a ``mask_input``'s frame
 _MASK_FRAMES = 8192
-
-
-@dataclass
-class Prediction:
-    """Result of :meth:`Predictor.predict` (always batched: B prompt sets, C = 3 with multimask else 1).
-
-    Unpacks like ``SamPredictor.predict``'s tuple: ``masks, scores, logits = predictor.predict(...)`` (also
-    ``prediction[0]``, ``len(prediction) == 3``); ``tile_origin`` and ``window`` only by attribute.
-
-    Attributes:
-        masks: bool ``B×C×H×W`` in original image pixels.
-        scores: float32 ``B×C`` predicted IoU.
-        low_res_logits: float32 ``B×C×4h×4w`` (256×256 for SAM and histosam-nano) in the model frame of each
-            row's tile: the frame whose top-left corner is ``tile_origin`` in the (working) image, one value per
-            ``frame / 4h`` pixels (resized models: of the resized image). Decoded in a window, the window's
-            logits are pasted there and the rest of the frame is :data:`OUTSIDE_LOGIT`. Feed a row back as
-            ``mask_input`` (shape ``1×4h×4w``).
-        tile_origin: int ``B×2`` (row, col) of the tile each row was predicted in ((0, 0) when untiled).
-        window: int ``B×4`` (row, col, height, width) of each row's decoding window in working-image pixels
-            (the whole tile frame when not decoded in a window).
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    tile_origin: np.ndarray
-    window: np.ndarray | None = None
-
-    def _as_tuple(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.masks, self.scores, self.low_res_logits
-
-    def __iter__(self):
-        return iter(self._as_tuple())
-
-    def __getitem__(self, index):
-        return self._as_tuple()[index]
-
-    def __len__(self) -> int:
-        return 3
-
-
-@dataclass
-class LogitsPrediction:
-    """Result of :meth:`Predictor.predict_logits`: :class:`Prediction` without the full-resolution masks (for
-    callers that resize or filter the logits themselves, such as automatic mask generation)."""
-
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    tile_origin: np.ndarray
-    window: np.ndarray | None = None
 
 
 @dataclass
@@ -149,16 +99,6 @@ def image_hash(rgb: np.ndarray) -> str:
     h.update(str(rgb.shape).encode())
     h.update(np.ascontiguousarray(rgb).data)
     return h.hexdigest()
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Tile start offsets along one axis: stride ``tile − overlap``, the last tile ending at ``length``."""
-    if length <= tile:
-        return [0]
-    stride = max(tile - overlap, 1)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return sorted(set(starts))
 
 
 class Predictor:
@@ -428,7 +368,7 @@ class Predictor:
         """Prompts batched and moved to the working image; each prompt set's tile and window (and its
         ``mask_input`` moved into that tile's frame); the empty result."""
         tiles = self._require_image()
-        pts, lbl, boxes, masks, b = _batch_prompts(points, labels, box, mask_input)
+        pts, lbl, boxes, masks, b = batch_prompts(points, labels, box, mask_input)
         want = tuple(self.model.prompt_encoder.mask_input_size)  # type: ignore[arg-type]
         if masks is not None and tuple(masks.shape[-2:]) != want:
             raise HistosamError(f"mask_input must be {want[0]}×{want[1]} low-res logits of the frame (a "
@@ -464,7 +404,7 @@ class Predictor:
         if masks is None:
             return [None] * b
         if mask_origin is not None:
-            org = _batched(mask_origin, np.int64, "mask_origin", (2,))
+            org = batched(mask_origin, np.int64, "mask_origin", (2,))
             if org.shape[0] not in (1, b):
                 raise HistosamError(f"mask_origin has {org.shape[0]} rows for {b} prompt sets")
             org = np.repeat(org, b, 0) if org.shape[0] != b else org
@@ -487,7 +427,7 @@ class Predictor:
 
     @staticmethod
     def _fits(tile: _Tile, pts, lbl, boxes, i: int) -> bool:
-        xy = _prompt_xy(pts, lbl, boxes, i)
+        xy = prompt_xy(pts, lbl, boxes, i)
         if xy is None:
             return True
         return bool(xy[:, 0].min() >= tile.col and xy[:, 1].min() >= tile.row and
@@ -504,7 +444,7 @@ class Predictor:
             scale = masks.shape[-1] / self.frame  # low-res values per frame pixel (native frames only)
             dr = int(round((tile.row - org[0]) * scale))
             dc = int(round((tile.col - org[1]) * scale))
-            out[i] = _crop(masks[i], dr, dc, masks.shape[-2], masks.shape[-1])
+            out[i] = crop_logits(masks[i], dr, dc, masks.shape[-2], masks.shape[-1])
         return out
 
     # --------------------------------------------------------------- windows
@@ -514,7 +454,7 @@ class Predictor:
         cells = self.frame // stride
         assert self.window is not None  # windows are placed only when the predictor decodes in windows
         base = self.window // stride
-        xy = _prompt_xy(pts, lbl, boxes, i)
+        xy = prompt_xy(pts, lbl, boxes, i)
         region = None
         if masks is not None:  # the mask's positive region, in tile pixels
             pos = np.nonzero(masks[i, 0] > 0.0)
@@ -610,7 +550,7 @@ class Predictor:
             kwargs["boxes"] = torch.from_numpy(plan.boxes[idx] - np.tile(shift, 2)).to(dev)
         if plan.masks is not None:
             q = plan.masks.shape[-1] // emb.shape[-1]
-            crops = np.stack([_crop(plan.masks[i], q * r, q * c, q * side, q * side) for i, (r, c, _) in
+            crops = np.stack([crop_logits(plan.masks[i], q * r, q * c, q * side, q * side) for i, (r, c, _) in
                               zip(idx, wins)])
             kwargs["mask_input"] = torch.from_numpy(crops).to(dev)
         with torch.inference_mode():
@@ -651,75 +591,6 @@ class Predictor:
             kwargs["mask_input"] = torch.from_numpy(masks[idx]).to(dev)
         with torch.inference_mode():
             return self.model.decode_masks(emb, multimask=multimask, **kwargs)
-
-
-def _batched(value, dtype, name: str, item: tuple[int | str, ...]) -> np.ndarray:
-    """``value`` as a ``dtype`` array with a leading batch axis: shape ``item`` gains one, ``(B, *item)``
-    is kept. ``item`` entries are fixed sizes (int) or free sizes (str, a name for the error message)."""
-    arr = np.asarray(value, dtype=dtype)
-    if arr.ndim == len(item):
-        arr = arr[None]
-    if arr.ndim != len(item) + 1 or any(
-        isinstance(want, int) and got != want for got, want in zip(arr.shape[1:], item)
-    ):
-        dims = ", ".join(map(str, item))
-        one = f"({dims},)" if len(item) == 1 else f"({dims})"
-        raise HistosamError(f"{name} must have shape {one} or (B, {dims}), got {np.shape(value)}")
-    return arr
-
-
-def _batch_prompts(points, labels, box, mask_input):
-    """Normalise prompt arrays to batched numpy arrays; returns (points, labels, boxes, masks, B)."""
-    pts = lbl = boxes = masks = None
-    sizes = []
-    if points is not None:
-        pts = _batched(points, np.float32, "points", ("N", 2))
-        lbl = np.ones(pts.shape[:2], dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        if lbl.ndim == 1:
-            lbl = lbl[None]
-        if lbl.shape != pts.shape[:2]:
-            raise HistosamError(f"labels shape {lbl.shape} does not match points {pts.shape[:2]}")
-        sizes.append(pts.shape[0])
-    if box is not None:
-        boxes = _batched(box, np.float32, "box", (4,))
-        sizes.append(boxes.shape[0])
-    if mask_input is not None:
-        masks = _batched(mask_input, np.float32, "mask_input", (1, "h", "w"))
-        sizes.append(masks.shape[0])
-    if not sizes:
-        raise HistosamError("give at least one prompt: points, a box or a mask")
-    b = max(sizes)
-    if any(s not in (1, b) for s in sizes):
-        raise HistosamError(f"prompt batch sizes differ: {sizes}")
-    if pts is not None and pts.shape[0] != b:
-        pts, lbl = np.repeat(pts, b, 0), np.repeat(lbl, b, 0)
-    if boxes is not None and boxes.shape[0] != b:
-        boxes = np.repeat(boxes, b, 0)
-    if masks is not None and masks.shape[0] != b:
-        masks = np.repeat(masks, b, 0)
-    return pts, lbl, boxes, masks, b
-
-
-def _prompt_xy(pts, lbl, boxes, i: int) -> np.ndarray | None:
-    """Row ``i``'s prompt coordinates ``(K, 2)`` (x, y): its points (not the ignored ones, label −1) and box
-    corners; None when it has neither."""
-    coords = []
-    if pts is not None:
-        coords.append(pts[i][lbl[i] != -1])
-    if boxes is not None:
-        coords.append(boxes[i].reshape(2, 2))
-    xy = np.concatenate(coords, axis=0) if coords else np.zeros((0, 2), np.float32)
-    return xy if len(xy) else None
-
-
-def _crop(mask: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarray:
-    """``mask[..., top:top+h, left:left+w]`` of a ``1×H×W`` array, :data:`OUTSIDE_LOGIT` where that lies outside."""
-    out = np.full((*mask.shape[:-2], h, w), OUTSIDE_LOGIT, np.float32)
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + h, mask.shape[-2]), min(left + w, mask.shape[-1])
-    if y1 > y0 and x1 > x0:
-        out[..., y0 - top: y1 - top, x0 - left: x1 - left] = mask[..., y0:y1, x0:x1]
-    return out
 
 
 def _logits_key(logits: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from histosam.postprocess.ais import ParameterError
 
-__all__ = ["Box", "Tile", "TileGrid"]
+__all__ = ["Box", "Tile", "TileGrid", "tile_starts"]
 
 
 class Box(NamedTuple):
@@ -116,3 +116,13 @@ class TileGrid:
         j0, j1 = box.c0 // self.tile, (box.c1 - 1) // self.tile
         n = self.grid_shape[1]
         return [i * n + j for i in range(i0, i1 + 1) for j in range(j0, j1 + 1)]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile start offsets along one axis: stride ``tile − overlap``, the last tile ending at ``length``."""
+    if length <= tile:
+        return [0]
+    stride = max(tile - overlap, 1)
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return sorted(set(starts))
